@@ -1,0 +1,76 @@
+"""`edge-vlm` entry point. Builds the parser from the verb modules (light imports only, so --help is instant),
+runs the chosen verb, and turns EdgeVLMError into one line on stderr with exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from edge_vlm import __version__
+from edge_vlm.errors import EdgeVLMError
+
+# verb -> module under edge_vlm.cli. Each module defines HELP, add_arguments(parser) and run(args) -> int.
+VERBS = {
+    "demo": "demo",
+    "ask": "ask",
+    "info": "info",
+    "convert": "convert",
+    "train": "train",
+    "data": "data",
+    "export": "export",
+    "bench": "bench",
+    "eval": "evaluate",
+    "stream": "stream",
+}
+
+
+def _available_verbs() -> dict:
+    modules = {}
+    for verb, name in VERBS.items():
+        try:
+            modules[verb] = importlib.import_module(f"edge_vlm.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"edge_vlm.cli.{name}":
+                raise
+    return modules
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-vlm", description="LLaVA-Phi from training to a robot: train, export, benchmark, stream."
+    )
+    parser.add_argument("--version", action="version", version=f"edge-vlm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
+    for verb, module in _available_verbs().items():
+        verb_parser = sub.add_parser(verb, help=module.HELP, description=module.HELP)
+        module.add_arguments(verb_parser)
+        verb_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 0
+    # No model hub on these machines and none wanted at run time: everything loads from local directories.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        return int(args._run(args) or 0)
+    except EdgeVLMError as exc:
+        if args.debug:
+            raise
+        print(f"edge-vlm {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"edge-vlm {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
