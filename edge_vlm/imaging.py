@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -23,7 +22,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # The CLIP mean as 8-bit RGB: the colour LLaVA pads with.
 PAD_COLOR = (122, 116, 104)
 
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 ASPECT_MODES = ("pad", "square")
 

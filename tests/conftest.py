@@ -13,6 +13,30 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    """Hardware-bound tests are skipped with a reason where the hardware or library is absent (never silently)."""
+    from edge_vlm.deps import available
+
+    missing = {
+        "gpu": None if _has_cuda() else "no CUDA GPU",
+        "tensorrt": None if available("tensorrt") else "TensorRT is not installed",
+        "ros": None if available("rclpy") else "rclpy (ROS 2) is not installed",
+    }
+    for item in items:
+        for marker, reason in missing.items():
+            if reason and marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A random-weight checkpoint of the tiny preset (every weight drawn, lm_head bias included)."""

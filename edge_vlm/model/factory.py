@@ -36,6 +36,9 @@ def random_model(preset: str, tokenizer: TextTokenizer, seed: int = 0, weight_st
     """A model of `preset` fitted to `tokenizer` (image token id). With `weight_std`, every parameter (biases and
     LayerNorms included) is drawn from N(0, std) so that tests exercise every weight, the lm_head bias too."""
     vocab = text_overrides.pop("vocab_size", None)
+    if vocab is None and preset == "tiny":
+        # The tiny preset is fitted to its tokenizer so that every sampled id decodes; other presets keep exact shapes.
+        vocab = len(tokenizer)
     config = make_config(preset, image_token_id=tokenizer.image_token_id, vocab_size=vocab, **text_overrides)
     if config.text_config.vocab_size < len(tokenizer):
         raise ValueError(f"preset vocabulary {config.text_config.vocab_size} < tokenizer size {len(tokenizer)}")
@@ -52,8 +55,6 @@ def write_random_checkpoint(preset: str, directory: str | Path, seed: int = 0, w
                             force: bool = True) -> Path:
     """Save a random-weight checkpoint of `preset` (labelled as such) and return its path."""
     tokenizer = small_tokenizer()
-    # The tiny preset is fitted to its tokenizer so that every sampled id decodes; other presets keep their exact shapes.
-    vocab = len(tokenizer) if preset == "tiny" else None
-    model = random_model(preset, tokenizer, seed=seed, weight_std=weight_std, vocab_size=vocab)
+    model = random_model(preset, tokenizer, seed=seed, weight_std=weight_std)
     meta = CheckpointMeta(random_weights=True, source=f"random weights, preset {preset}, seed {seed}")
     return save_checkpoint(model, tokenizer, directory, meta, force=force)

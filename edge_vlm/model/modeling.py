@@ -9,9 +9,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, PhiConfig
+from transformers.utils import logging as hf_logging
 
 from edge_vlm.errors import EdgeVLMError
 from edge_vlm.model.presets import get_preset, num_image_tokens
+
+# transformers draws progress bars for every load and save of a small file; our commands report their own progress
+# and keep stdout for answers.
+hf_logging.disable_progress_bar()
 
 
 class LlavaPhiForConditionalGeneration(LlavaForConditionalGeneration):

@@ -1,0 +1,21 @@
+"""`edge-vlm convert SRC DST`: a released LLaVA-Phi checkpoint (LP layout) -> the project's checkpoint format."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "convert a released LLaVA-Phi checkpoint directory (LP layout) into edge-vlm's format"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", help="LP checkpoint directory (config.json with model_type llava_phi, weights, tokenizer)")
+    parser.add_argument("dst", help="output checkpoint directory")
+    parser.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+
+
+def run(args: argparse.Namespace) -> int:
+    from edge_vlm.model.convert import convert_lp_checkpoint
+
+    out = convert_lp_checkpoint(args.src, args.dst, force=args.force)
+    print(f"converted {args.src} -> {out}")
+    return 0
