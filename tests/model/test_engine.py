@@ -45,3 +45,21 @@ def test_sampling_is_seeded(tiny_checkpoint):
     config = GenerationConfig(max_new_tokens=10, temperature=1.0, top_p=0.9, seed=123)
     assert answer(engine, prepared, "Describe it.", config=config) == answer(engine, prepared, "Describe it.",
                                                                                config=config)
+
+
+def test_processor_batch_generates_what_single_prompts_generate(tiny_checkpoint):
+    from edge_vlm.model.processing import LlavaPhiProcessor
+
+    engine = TorchEngine.from_checkpoint(tiny_checkpoint)
+    processor = LlavaPhiProcessor.from_dir(tiny_checkpoint)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (40, 60, 3), dtype=np.uint8), rng.integers(0, 256, (70, 30, 3), dtype=np.uint8)]
+    questions = ["What is it?", "Is there a big red circle on the left side?"]
+    batch = processor.questions(questions, images)
+    with torch.no_grad():
+        out = engine.model.generate(**batch, max_new_tokens=6, do_sample=False, eos_token_id=engine.tokenizer.eos_token_id,
+                                    pad_token_id=engine.tokenizer.eos_token_id)
+    width = batch["input_ids"].shape[1]
+    for row, (question, image) in enumerate(zip(questions, images)):
+        single = _plain_generate(engine, image, question, max_new_tokens=6)
+        assert engine.tokenizer.decode(out[row, width:].tolist()).strip() == single
