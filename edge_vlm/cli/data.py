@@ -1,0 +1,86 @@
+"""`edge-vlm data`: write the synthetic world (`synth`) or check a training data file (`validate`).
+
+Light imports only at the top (argparse, stdlib): the work is imported inside run().
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+HELP = "Training data: write the synthetic world, or validate a LLaVA / ShareGPT file."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    synth = sub.add_parser("synth", help="write the synthetic world (pictures, stage-1/2 and SFT data, eval split)",
+                           description="Write the synthetic world in the real training formats: images/, "
+                                       "pretrain.json, finetune.json, sft.json, eval.json and world.json.")
+    synth.add_argument("--out", required=True, help="directory to create (must not exist, or be empty)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--train", type=int, default=10_000, help="training pictures (default 10000)")
+    synth.add_argument("--eval", type=int, default=1_400, dest="eval_size",
+                       help="held-out questions, one picture each (default 1400: 200 per question type)")
+    synth.add_argument("--sft", type=int, default=None, help="ShareGPT text conversations (default train/5)")
+    synth.add_argument("--text-only", type=int, default=None,
+                       help="text-only conversations mixed into finetune.json (default train/10)")
+    synth.add_argument("--image-size", type=int, default=112, help="picture side in pixels (default 112)")
+    synth.add_argument("--force", action="store_true", help="replace --out if it exists")
+    synth.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    check = sub.add_parser("validate", help="check a data file and report bad samples by kind",
+                           description="Read a LLaVA JSON / ShareGPT file and report every problem (missing image, "
+                                       "<image> missing or doubled, roles not alternating, empty turns, too long). "
+                                       "Exit status 1 when a problem is found.")
+    check.add_argument("file", help="a .json or .jsonl file")
+    check.add_argument("--format", choices=("llava", "sharegpt"), default="llava")
+    check.add_argument("--stage", choices=("sft", "pretrain", "finetune"), default="finetune")
+    check.add_argument("--image-root", default=None, help="folder the records' image paths are relative to "
+                                                          "(default: the data file's folder)")
+    check.add_argument("--tokenizer", default=None, help="a directory with tokenizer.json (enables the length check)")
+    check.add_argument("--context-length", type=int, default=2048)
+    check.add_argument("--num-image-tokens", type=int, default=576)
+    parser.set_defaults(_parser=parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edge_vlm.errors import EdgeVLMError
+
+    if args.data_command == "synth":
+        return _synth(args)
+    if args.data_command == "validate":
+        return _validate(args)
+    args._parser.print_help()
+    raise EdgeVLMError("choose a subcommand: synth or validate")
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from edge_vlm.data.synth import write_world
+
+    command = "edge-vlm " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
+    manifest = write_world(args.out, seed=args.seed, train=args.train, eval_size=args.eval_size, sft=args.sft,
+                           text_only=args.text_only, image_size=args.image_size, force=args.force,
+                           progress=not args.quiet, command=command)
+    counts = manifest["counts"]
+    print(f"wrote the synthetic world to {args.out}: {counts['train_images']} training pictures "
+          f"({counts['pretrain']} captions, {counts['finetune']} conversations), {counts['sft']} SFT conversations, "
+          f"{counts['eval']} eval questions; seed {manifest['seed']}, {manifest['image_size']} px")
+    print("eval questions per type: " + ", ".join(f"{k} {v}" for k, v in manifest["question_types"]["eval"].items()))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from edge_vlm.data.formats import read_llava_json, read_sharegpt
+    from edge_vlm.data.validate import validate
+    from edge_vlm.tokenizer import TextTokenizer
+
+    samples = (read_sharegpt if args.format == "sharegpt" else read_llava_json)(args.file)
+    tokenizer = TextTokenizer.from_dir(args.tokenizer) if args.tokenizer else None
+    image_root = args.image_root if args.image_root is not None else Path(args.file).parent
+    _, report = validate(samples, stage=args.stage, image_root=image_root, tokenizer=tokenizer,
+                         num_image_tokens=args.num_image_tokens, context_length=args.context_length,
+                         on_error="skip", source=args.file, log=print)
+    return 0 if report.ok else 1

@@ -1,0 +1,314 @@
+"""The synthetic world, written to disk in the real training formats: `edge-vlm data synth --out DIR`.
+
+Files (all read back by edge_vlm.data.formats, so the real loaders are exercised):
+- images/train-NNNNNN.png, images/eval-NNNNNN.png
+- pretrain.json: stage-1 captions, LLaVA-Pretrain style (a short instruction with `<image>`, then the caption);
+- finetune.json: stage-2 multi-turn conversations over the question types, plus text-only conversations;
+  each record has "question_types" (one per turn);
+- sft.json: ShareGPT text-only conversations with "question_types";
+- eval.json: held-out, one question per record, {"id", "image", "conversations", "question_type", "answer"},
+  pictures drawn from another seed stream and never pixel-identical to a training picture;
+- world.json: the manifest (seed, command, counts per split and question type, image size, font, vocabulary).
+
+Deterministic for a seed: every random choice comes from `random.Random` streams seeded with strings
+(seed, split, index), so the n-th picture of a split does not depend on how many are asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from tqdm import tqdm
+
+from edge_vlm.data.questions import (
+    CAPTION_INSTRUCTIONS,
+    MC_BASES,
+    QUESTION_TYPES,
+    TEXT_ONLY_TYPES,
+    ask,
+    ask_text_only,
+    caption,
+    supports,
+)
+from edge_vlm.data.scene import (
+    COLORS,
+    DIGITS,
+    LETTERS,
+    SHAPES,
+    SIZES,
+    SLOTS,
+    MovingScene,
+    Scene,
+    WorldSpec,
+    draw_scene,
+    font_name,
+    moving_scene_frame,
+    sample_scene,
+)
+from edge_vlm.errors import EdgeVLMError
+from edge_vlm.prompting import IMAGE_PLACEHOLDER
+
+__all__ = ["MovingScene", "moving_scene_frame", "write_world", "GENERATOR_VERSION"]
+
+GENERATOR_VERSION = 1  # bump when the same seed would give other files
+PNG_COMPRESS_LEVEL = 1  # fast: a level-9 PNG is ~10% smaller and several times slower to write
+TURN_WEIGHTS = {1: 0.2, 2: 0.35, 3: 0.3, 4: 0.15}  # questions per stage-2 conversation
+IMAGE_TAG_LAST = 0.2  # share of first questions with `<image>` after the text, as in part of LLaVA-665K
+
+
+def _rng(seed: int, *names) -> random.Random:
+    # String seeds go through SHA-512 in CPython: stable across runs, platforms and Python versions.
+    return random.Random("/".join([str(seed), *map(str, names)]))
+
+
+def _human(text: str) -> dict:
+    return {"from": "human", "value": text}
+
+
+def _gpt(text: str) -> dict:
+    return {"from": "gpt", "value": text}
+
+
+def _with_image(question: str, rng: random.Random) -> str:
+    if rng.random() < IMAGE_TAG_LAST:
+        return f"{question}\n{IMAGE_PLACEHOLDER}"
+    return f"{IMAGE_PLACEHOLDER}\n{question}"
+
+
+class _Balancer:
+    """Keeps question types near-equal in number and exist answers exactly alternating yes / no."""
+
+    def __init__(self):
+        self.counts: Counter = Counter()
+        self.exist_asked = 0
+
+    def pick(self, rng: random.Random, scene: Scene, taken: set[str]) -> str | None:
+        types = [t for t in QUESTION_TYPES if t not in taken and supports(scene, t)]
+        if not types:
+            return None
+        # Squared inverse counts: a type that only some pictures support (text) catches up with the others.
+        return rng.choices(types, weights=[1.0 / (1 + self.counts[t]) ** 2 for t in types])[0]
+
+    def options(self, question_type: str) -> dict:
+        if question_type != "exist":
+            return {}
+        self.exist_asked += 1
+        return {"answer_yes": self.exist_asked % 2 == 1}
+
+
+def _conversation(scene: Scene, rng: random.Random, balancer: _Balancer) -> tuple[list[dict], list[str]]:
+    """A multi-turn stage-2 conversation about one picture (no question asked twice)."""
+    n_turns = rng.choices(list(TURN_WEIGHTS), weights=list(TURN_WEIGHTS.values()))[0]
+    messages: list[dict] = []
+    types: list[str] = []
+    taken: set[str] = set()
+    while len(types) < n_turns:
+        question_type = balancer.pick(rng, scene, taken)
+        if question_type is None:
+            break
+        made = ask(scene, rng, question_type, **balancer.options(question_type))
+        taken.add(question_type)
+        if made is None:
+            continue
+        balancer.counts[question_type] += 1
+        question, answer = made
+        messages += [_human(_with_image(question, rng) if not messages else question), _gpt(answer)]
+        types.append(question_type)
+    return messages, types
+
+
+def _text_conversation(rng: random.Random, counts: Counter) -> tuple[list[dict], list[str]]:
+    n_turns = rng.choice((1, 1, 2, 3))
+    messages, types = [], []
+    for _ in range(n_turns):
+        question_type = rng.choice(TEXT_ONLY_TYPES)
+        question, answer = ask_text_only(rng, question_type)
+        messages += [_human(question), _gpt(answer)]
+        types.append(question_type)
+        counts[question_type] += 1
+    return messages, types
+
+
+def _save_png(image, path: Path) -> None:
+    image.save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+
+
+def _eval_scene(rng: random.Random, spec: WorldSpec, needs: list[str], target_count: int | None,
+                seen: set[bytes], image_size: int):
+    """Draw scenes until one supports the question kinds in `needs` (and the wanted count) and is not a
+    training picture."""
+    for _ in range(10_000):
+        scene = sample_scene(rng, spec)
+        if not all(supports(scene, kind) for kind in needs):
+            continue
+        if target_count is not None and target_count > 0 and all(scene.count(s) != target_count for s in SHAPES):
+            continue
+        if target_count == 0 and all(scene.count(s) > 0 for s in SHAPES):
+            continue
+        image = draw_scene(scene, image_size)
+        if hashlib.sha1(image.tobytes()).digest() in seen:
+            continue
+        return scene, image
+    raise RuntimeError(f"no scene for a {needs} question after 10000 tries")  # cannot happen with the defaults
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise EdgeVLMError(f"--out {out} is a file; give the path of a directory to create")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise EdgeVLMError(f"--out {out} already exists and is not empty; choose a new directory or pass --force")
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the finished world into place: a reader sees the old directory or the new one, never half of one."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{tmp.name[-8:]}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def write_world(out: str | Path, seed: int = 0, train: int = 10_000, eval_size: int = 1_400,
+                sft: int | None = None, text_only: int | None = None, image_size: int = 112,
+                spec: WorldSpec | None = None, force: bool = False, progress: bool = True,
+                command: str | None = None) -> dict:
+    """Write the synthetic world to `out` (atomically) and return its manifest.
+
+    `train` pictures give one caption each (pretrain.json) and one 1-4 turn conversation each (finetune.json);
+    `text_only` text conversations (default train // 10) are added to finetune.json; `sft` ShareGPT conversations
+    (default train // 5) go to sft.json; `eval_size` held-out single questions, cycling through the question types.
+    """
+    if train < 1 or eval_size < 0 or image_size < 32:
+        raise EdgeVLMError(f"need --train >= 1, --eval >= 0 and --image-size >= 32 (got {train}, {eval_size}, "
+                           f"{image_size})")
+    spec = spec or WorldSpec()
+    sft = train // 5 if sft is None else sft
+    text_only = train // 10 if text_only is None else text_only
+    out = Path(out)
+    _check_out(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        manifest = _write(tmp, seed, train, eval_size, sft, text_only, image_size, spec, progress)
+        manifest["command"] = command or (f"edge-vlm data synth --out {out} --seed {seed} --train {train} "
+                                          f"--eval {eval_size} --sft {sft} --text-only {text_only} "
+                                          f"--image-size {image_size}")
+        _dump(tmp / "world.json", manifest, indent=2)
+        _publish(tmp, out)
+    except BaseException:  # KeyboardInterrupt included: leave nothing half-written behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _dump(path: Path, data, indent: int | None = None) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=indent, ensure_ascii=False)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _write(root: Path, seed: int, train: int, eval_size: int, sft: int, text_only: int, image_size: int,
+           spec: WorldSpec, progress: bool) -> dict:
+    images = root / "images"
+    images.mkdir()
+    pretrain_records, finetune_records = [], []
+    balancer = _Balancer()
+    seen_pixels: set[bytes] = set()
+    seen_layouts: set = set()
+    for index in tqdm(range(1, train + 1), desc="train pictures", unit="img", disable=not progress):
+        rng = _rng(seed, "train", index)
+        scene = sample_scene(rng, spec)
+        image = draw_scene(scene, image_size)
+        seen_pixels.add(hashlib.sha1(image.tobytes()).digest())
+        seen_layouts.add(scene.layout_key())
+        name = f"images/train-{index:06d}.png"
+        _save_png(image, root / name)
+        instruction = rng.choice(CAPTION_INSTRUCTIONS)
+        pretrain_records.append({"id": f"cap-{index:06d}", "image": name,
+                                 "conversations": [_human(_with_image(instruction, rng)), _gpt(caption(scene))]})
+        messages, types = _conversation(scene, rng, balancer)
+        finetune_records.append({"id": f"conv-{index:06d}", "image": name, "conversations": messages,
+                                 "question_types": types})
+    text_counts: Counter = Counter()
+    for index in range(1, text_only + 1):
+        messages, types = _text_conversation(_rng(seed, "text-only", index), text_counts)
+        finetune_records.append({"id": f"text-{index:06d}", "conversations": messages, "question_types": types})
+    # Mix the text-only conversations in, as LLaVA-665K does; shuffled with its own stream.
+    _rng(seed, "finetune-order").shuffle(finetune_records)
+    sft_counts: Counter = Counter()
+    sft_records = []
+    for index in range(1, sft + 1):
+        messages, types = _text_conversation(_rng(seed, "sft", index), sft_counts)
+        sft_records.append({"id": f"sft-{index:06d}", "conversations": messages, "question_types": types})
+
+    eval_records, eval_counts, exist_answers, overlap = [], Counter(), Counter(), 0
+    count_targets = Counter()
+    for index in tqdm(range(1, eval_size + 1), desc="eval pictures", unit="img", disable=not progress):
+        rng = _rng(seed, "eval", index)
+        question_type = QUESTION_TYPES[(index - 1) % len(QUESTION_TYPES)]
+        nth = (index - 1) // len(QUESTION_TYPES)  # how many of this type came before
+        options: dict = {}
+        target = None
+        if question_type == "exist":
+            options = {"answer_yes": nth % 2 == 0}
+        elif question_type == "count":
+            target = nth % min(4, spec.max_shapes + 1)  # answers 0, 1, 2, 3 equally often
+            options = {"target": target}
+        elif question_type == "mc":
+            options = {"base": MC_BASES[nth % len(MC_BASES)]}
+        needs = [question_type] + (["color"] if options.get("base") == "color" else [])
+        scene, image = _eval_scene(rng, spec, needs, target, seen_pixels, image_size)
+        question, answer = ask(scene, rng, question_type, **options)
+        overlap += scene.layout_key() in seen_layouts
+        name = f"images/eval-{index:06d}.png"
+        _save_png(image, root / name)
+        eval_records.append({"id": f"eval-{index:06d}", "image": name,
+                             "conversations": [_human(f"{IMAGE_PLACEHOLDER}\n{question}"), _gpt(answer)],
+                             "question_type": question_type, "answer": answer})
+        eval_counts[question_type] += 1
+        if question_type == "exist":
+            exist_answers[answer] += 1
+        if question_type == "count":
+            count_targets[answer] += 1
+
+    _dump(root / "pretrain.json", pretrain_records)
+    _dump(root / "finetune.json", finetune_records)
+    _dump(root / "sft.json", sft_records)
+    _dump(root / "eval.json", eval_records)
+    finetune_exist = Counter(m["value"] for r in finetune_records for m, t in
+                             zip(r["conversations"][1::2], r["question_types"]) if t == "exist")
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "image_size": image_size,
+        "font": font_name(),
+        "counts": {
+            "train_images": train, "eval_images": eval_size,
+            "pretrain": len(pretrain_records), "finetune": len(finetune_records),
+            "finetune_text_only": text_only, "sft": len(sft_records), "eval": len(eval_records),
+        },
+        "question_types": {
+            "finetune": dict(sorted(balancer.counts.items())),
+            "finetune_text_only": dict(sorted(text_counts.items())),
+            "sft": dict(sorted(sft_counts.items())),
+            "eval": dict(sorted(eval_counts.items())),
+        },
+        "exist_answers": {"finetune": dict(sorted(finetune_exist.items())), "eval": dict(sorted(exist_answers.items()))},
+        "eval_count_answers": dict(sorted(count_targets.items())),
+        "eval_layouts_seen_in_train": overlap,
+        "eval_pictures_identical_to_train": 0,  # guaranteed: such pictures are redrawn
+        "vocabulary": {"colors": list(COLORS), "shapes": list(SHAPES), "sizes": list(SIZES),
+                       "positions": list(SLOTS), "letters": list(LETTERS), "digits": list(DIGITS)},
+        "spec": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(spec).items()},
+    }

@@ -1,0 +1,49 @@
+"""`edge-vlm data synth` and `edge-vlm data validate` in a fresh interpreter."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_synth_writes_a_world(cli, tmp_path):
+    out = tmp_path / "world"
+    result = cli("data", "synth", "--out", str(out), "--seed", "3", "--train", "10", "--eval", "14",
+                 "--image-size", "96", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "14 eval questions" in result.stdout
+    manifest = json.loads((out / "world.json").read_text())
+    assert manifest["seed"] == 3 and manifest["image_size"] == 96
+    assert manifest["counts"]["train_images"] == 10 and manifest["counts"]["eval"] == 14
+    assert "data synth" in manifest["command"] and "--seed 3" in manifest["command"]
+    for name in ("pretrain.json", "finetune.json", "sft.json", "eval.json"):
+        assert json.loads((out / name).read_text())
+    with_image = json.loads((out / "eval.json").read_text())[0]["image"]
+    assert (out / with_image).is_file()
+
+
+def test_synth_refuses_a_file_and_a_full_directory(cli, tmp_path):
+    a_file = tmp_path / "world.txt"
+    a_file.write_text("not a directory")
+    result = cli("data", "synth", "--out", str(a_file), "--train", "2", "--eval", "1", "--quiet")
+    assert result.returncode == 2
+    assert f"--out {a_file} is a file" in result.stderr and "Traceback" not in result.stderr
+    assert a_file.read_text() == "not a directory"
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    result = cli("data", "synth", "--out", str(full), "--train", "2", "--eval", "1", "--quiet")
+    assert result.returncode == 2 and "--force" in result.stderr
+
+
+def test_validate_reports_and_sets_the_exit_status(cli, tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([
+        {"id": "ok", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+        {"id": "lost", "image": "gone.png",
+         "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]},
+    ]))
+    result = cli("data", "validate", str(path))
+    assert result.returncode == 1
+    assert "missing_image: 1" in result.stdout and "lost" in result.stdout
+    result = cli("data", "validate", str(tmp_path / "none.json"))
+    assert result.returncode == 2 and "not found" in result.stderr
