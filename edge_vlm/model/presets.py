@@ -35,8 +35,9 @@ LLAVA_PHI_2 = {
     "image_token_id": 50295,
 }
 
-# Test-sized. head_dim 40 x partial_rotary 0.4 = rotary dim 16: onnxruntime-genai's attention needs rotary_dim/2 to be
-# a multiple of 8. Every Linear has in_features >= 64 (bitsandbytes' CPU 4-bit path). 56 px / 14 = 4x4 = 16 image tokens.
+# Test-sized. Phi-2's head_dim 80 x partial_rotary 0.4 = rotary dim 32: ONNX Runtime's GroupQueryAttention needs the
+# head size and rotary dim to be multiples of 16 (rotary_dim/2 a multiple of 8). Every Linear has in_features >= 64
+# (bitsandbytes' CPU 4-bit path). 56 px / 14 = 4x4 = 16 image tokens.
 TINY = {
     "vision": {
         "hidden_size": 64,
@@ -54,8 +55,8 @@ TINY = {
         "hidden_size": 160,
         "intermediate_size": 320,
         "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 4,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
         "hidden_act": "gelu_new",
         "max_position_embeddings": 512,
         "layer_norm_eps": 1e-5,

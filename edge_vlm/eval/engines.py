@@ -1,0 +1,88 @@
+"""Opening the thing to evaluate: a checkpoint (PyTorch, TorchEngine) or a bundle (ONNX Runtime, BundleEngine).
+
+Both implement edge_vlm.engine's Engine protocol; the runner needs nothing else. Heavy imports happen here, inside
+the functions, so importing edge_vlm.eval stays light.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_vlm.errors import EdgeVLMError
+
+KINDS = ("model", "bundle")
+
+
+@dataclass
+class Source:
+    """A checkpoint or bundle directory and the label its results are filed under."""
+
+    path: Path
+    kind: str
+    label: str
+
+    @property
+    def description(self) -> str:
+        return f"{self.kind}:{self.path.resolve()}"
+
+
+def detect_kind(path: str | Path) -> str:
+    """'bundle' for a directory with manifest.json, 'model' for one with config.json; else a clear error."""
+    path = Path(path)
+    if not path.is_dir():
+        raise EdgeVLMError(f"{path} is not a directory (give a checkpoint or a bundle directory)")
+    if (path / "manifest.json").is_file():
+        return "bundle"
+    if (path / "config.json").is_file():
+        return "model"
+    raise EdgeVLMError(f"{path} is neither a checkpoint (config.json) nor a bundle (manifest.json)")
+
+
+def make_sources(paths: list[str], kind: str | None = None) -> list[Source]:
+    """Sources with unique labels (the directory name; a number is added where two names collide)."""
+    sources: list[Source] = []
+    seen: dict[str, int] = {}
+    for raw in paths:
+        path = Path(raw)
+        resolved_kind = kind or detect_kind(path)
+        if resolved_kind not in KINDS:
+            raise EdgeVLMError(f"unknown source kind {resolved_kind!r}")
+        name = path.resolve().name or "model"
+        seen[name] = seen.get(name, 0) + 1
+        label = name if seen[name] == 1 else f"{name}-{seen[name]}"
+        sources.append(Source(path, resolved_kind, label))
+    return sources
+
+
+def open_engine(source: Source, device: str | None = None, providers: list[str] | None = None,
+                threads: int | None = None):
+    """The Engine for `source`. Random-weight checkpoints are announced on stderr (their scores mean nothing)."""
+    if source.kind == "bundle":
+        return _open_bundle(source.path, providers, threads)
+    from edge_vlm.model.checkpoint import check_checkpoint_dir, read_meta
+
+    check_checkpoint_dir(source.path)
+    meta = read_meta(source.path)
+    if meta.random_weights:
+        print(f"note: {source.path} has RANDOM weights ({meta.source}); its scores are meaningless.", file=sys.stderr)
+    from edge_vlm.model.engine import TorchEngine
+
+    if device and device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise EdgeVLMError("--device cuda was given but torch sees no CUDA GPU")
+    return TorchEngine.from_checkpoint(source.path, device=device)
+
+
+def _open_bundle(path: Path, providers, threads):
+    try:
+        from edge_vlm.runtime import BundleEngine
+    except ImportError as exc:
+        raise EdgeVLMError(
+            f"--bundle needs the ONNX runtime (edge_vlm.runtime.BundleEngine), which is not available in this "
+            f"installation ({exc}); evaluate the checkpoint with --model instead"
+        ) from exc
+    return BundleEngine.from_bundle(path, providers=providers, threads=threads)

@@ -1,0 +1,303 @@
+"""Answer a benchmark with any Engine, resumably, then write the official files and score.
+
+Answers go to `answers.jsonl` in LLaVA's answer format, appended and flushed one by one, so an interrupted run
+loses at most the question in flight; a rerun with the same --out skips every question already answered.
+Questions that share an image are answered together, so the image is prepared once (vision tower + prefix KV
+cache) for all of them (POPE asks 6 questions per image, MME 2). At the end: merge.jsonl (answers in question
+order: what LLaVA's official scripts read), the benchmark's submission files, and scores.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_vlm.engine import GenerationConfig, answer
+from edge_vlm.errors import EdgeVLMError
+from edge_vlm.eval.benchmarks import Benchmark, Dataset, EvalItem, get_benchmark
+from edge_vlm.eval.benchmarks.base import answer_key, read_jsonl, write_json_atomic, write_text_atomic
+from edge_vlm.imaging import ASPECT_MODES, ImageConfig
+
+ANSWERS = "answers.jsonl"
+MERGED = "merge.jsonl"
+RUN_FILE = "run.json"
+SCORES = "scores.json"
+ASPECT_CHOICES = ("auto", "model", *ASPECT_MODES)
+
+
+@dataclass
+class EvalResult:
+    """What one benchmark run produced. `scores` is None where the answers are not public."""
+
+    benchmark: str
+    label: str
+    scores: dict | None
+    headline: str | None
+    asked: int
+    answered_now: int
+    resumed: int
+    images_prepared: int
+    seconds: float
+    out_dir: Path | None = None
+    files: list[Path] = field(default_factory=list)
+    answers: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def headline_value(self) -> float | None:
+        if self.scores is None or self.headline is None:
+            return None
+        return self.scores.get(self.headline)
+
+    def to_dict(self) -> dict:
+        return {
+            "benchmark": self.benchmark, "label": self.label, "headline": self.headline,
+            "headline_value": self.headline_value, "scores": self.scores, "asked": self.asked,
+            "answered_now": self.answered_now, "resumed": self.resumed, "images_prepared": self.images_prepared,
+            "seconds": round(self.seconds, 3),
+            "files": [str(p) for p in self.files],
+        }
+
+
+class AnswerStore:
+    """answers.jsonl: one LLaVA answer record per line, appended and flushed as produced (or memory only)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.handle = None
+
+    def load(self) -> dict[str, dict]:
+        """Answers already on disk, keyed like EvalItem.key. A torn last line (a run killed mid-write) is dropped
+        and the file rewritten without it, so later appends start on a clean line."""
+        if self.path is None or not self.path.is_file():
+            return {}
+        raw = self.path.read_text(encoding="utf-8")
+        records, torn = [], False
+        for line in raw.splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                records.append(record)
+            except json.JSONDecodeError:
+                torn = True
+        if torn or (raw and not raw.endswith("\n")):
+            write_text_atomic(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        return {answer_key(r.get("question_id"), r.get("prompt", "")): r for r in records if "text" in r}
+
+    def append(self, record: dict) -> None:
+        if self.path is None:
+            return
+        if self.handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open across answers
+        self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.handle.flush()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+def group_by_image(items: list[EvalItem]) -> list[list[EvalItem]]:
+    """Items sharing an image, groups in order of first appearance (text-only items are one group each)."""
+    groups: dict[str, list[EvalItem]] = {}
+    singles = 0
+    for item in items:
+        key = item.image.key if item.image is not None else f"\0text-{singles}"
+        singles += item.image is None
+        groups.setdefault(key, []).append(item)
+    return list(groups.values())
+
+
+@contextmanager
+def preprocessing_aspect(engine, aspect: str | None):
+    """Temporarily switch the engine's pad/square preprocessing (LP skips padding for ScienceQA and MM-Vet).
+    Engines without an `image_config` keep their own and a note says so."""
+    config = getattr(engine, "image_config", None)
+    if aspect is None or (isinstance(config, ImageConfig) and config.aspect == aspect):
+        yield config.aspect if isinstance(config, ImageConfig) else None
+        return
+    if not isinstance(config, ImageConfig):
+        print(f"note: this engine has no image_config; cannot switch preprocessing to {aspect!r}", file=sys.stderr)
+        yield None
+        return
+    engine.image_config = dataclasses.replace(config, aspect=aspect)
+    try:
+        yield aspect
+    finally:
+        engine.image_config = config
+
+
+def resolve_aspect(benchmark: Benchmark, aspect: str) -> str | None:
+    if aspect not in ASPECT_CHOICES:
+        raise EdgeVLMError(f"--aspect {aspect!r} is not one of {', '.join(ASPECT_CHOICES)}")
+    if aspect == "auto":
+        return benchmark.aspect
+    return None if aspect == "model" else aspect
+
+
+def _check_run(out_dir: Path, run: dict, overwrite: bool) -> None:
+    """Refuse to mix answers of different models or settings in one answers file."""
+    run_path = out_dir / RUN_FILE
+    if overwrite:
+        (out_dir / ANSWERS).unlink(missing_ok=True)
+    elif run_path.is_file() and (out_dir / ANSWERS).is_file():
+        try:
+            previous = json.loads(run_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            previous = {}
+        changed = [k for k in ("benchmark", "source", "question_file", "max_new_tokens", "aspect")
+                   if previous.get(k) != run.get(k)]
+        if changed:
+            detail = ", ".join(f"{k}: {previous.get(k)!r} -> {run.get(k)!r}" for k in changed)
+            raise EdgeVLMError(
+                f"{out_dir} holds answers from another run ({detail}); pass --overwrite to discard them or use "
+                "another --out"
+            )
+    write_json_atomic(run_path, run, indent=2)
+
+
+def evaluate(engine, benchmark: str | Benchmark, data_dir, *, out_dir: str | Path | None = None,
+             label: str = "model", source: str = "", limit: int | None = None, max_new_tokens: int | None = None,
+             question_file=None, image_folder=None, aspect: str = "auto", overwrite: bool = False,
+             progress: bool = True, dataset: Dataset | None = None) -> EvalResult:
+    """Answer `benchmark` (a name or a Benchmark) from `data_dir` with `engine` (greedy), score, write files.
+
+    With `out_dir`, answers are appended to out_dir/answers.jsonl and a rerun skips those already there; without
+    it everything stays in memory (what the export gate uses). `limit` takes the first N questions of the file.
+    `dataset` is the benchmark already loaded (then data_dir, question_file and image_folder are not read again).
+    """
+    bench = get_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
+    if limit is not None and limit < 1:
+        raise EdgeVLMError(f"--limit must be >= 1, got {limit}")
+    if dataset is None:
+        dataset = bench.load(data_dir, question_file, image_folder)
+    items = dataset.items[:limit] if limit else dataset.items
+    config = GenerationConfig(max_new_tokens=max_new_tokens or bench.max_new_tokens, temperature=0.0)
+    wanted_aspect = resolve_aspect(bench, aspect)
+
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        run = {"benchmark": bench.name, "source": source or label, "question_file": str(dataset.question_file),
+               "max_new_tokens": config.max_new_tokens, "aspect": wanted_aspect or "model"}
+        _check_run(out, run, overwrite)
+    store = AnswerStore(out / ANSWERS if out is not None else None)
+    known = store.load()
+    keys = {item.key for item in items}
+    resumed = sum(key in known for key in keys)
+    todo = [item for item in items if item.key not in known]
+
+    start = time.perf_counter()
+    try:
+        with preprocessing_aspect(engine, wanted_aspect):
+            prepared_count, failed = _answer_all(engine, bench, todo, config, store, known, label, progress)
+    finally:
+        store.close()
+    seconds = time.perf_counter() - start
+    if failed:
+        print(f"note: {len(failed)} question(s) could not be asked and count as wrong (empty answer); first: "
+              f"{failed[0]}", file=sys.stderr)
+
+    answers = {item.key: known[item.key] for item in items if item.key in known}
+    scores = bench.score(dataset, items, answers)
+    result = EvalResult(bench.name, label, scores, bench.headline if scores else None, len(items), len(todo),
+                        resumed, prepared_count, seconds, out, answers=answers)
+    if out is not None:
+        merged = "".join(json.dumps(answers[item.key], ensure_ascii=False) + "\n" for item in items
+                         if item.key in answers)
+        result.files.append(write_text_atomic(out / MERGED, merged))
+        result.files.extend(bench.submit(dataset, answers, out, label))
+        summary = result.to_dict()
+        summary.update(source=source or label, question_file=str(dataset.question_file),
+                       max_new_tokens=config.max_new_tokens, aspect=wanted_aspect or "model",
+                       offline=bench.offline)
+        result.files.append(write_json_atomic(out / SCORES, summary, indent=2))
+    return result
+
+
+def _answer_all(engine, bench: Benchmark, todo: list[EvalItem], config: GenerationConfig, store: AnswerStore,
+                known: dict, label: str, progress: bool) -> tuple[int, list[str]]:
+    """Ask every item, an image's questions together; returns (images prepared, questions that failed)."""
+    prepared_count = 0
+    failed: list[str] = []
+    with _progress(len(todo), f"{bench.name} {label}", progress) as bar:
+        for group in group_by_image(todo):
+            prepared = None
+            if group[0].image is not None:
+                prepared = engine.prepare_image(group[0].image.open())
+                prepared_count += 1
+            for item in group:
+                metadata = {}
+                try:
+                    text = answer(engine, prepared, item.prompt, config=config)
+                except EdgeVLMError as exc:  # e.g. a prompt longer than the model's context: wrong, not fatal
+                    text, metadata = "", {"error": str(exc)}
+                    failed.append(f"{item.question_id}: {exc}")
+                record = {"question_id": item.question_id, "prompt": item.record_prompt, "text": text,
+                          "answer_id": uuid.uuid4().hex, "model_id": label, "metadata": metadata}
+                if hasattr(bench, "record_extra"):
+                    record.update(bench.record_extra(item))
+                store.append(record)
+                known[item.key] = record
+                bar.update(1)
+    return prepared_count, failed
+
+
+def score_answer_file(benchmark: str | Benchmark, data_dir, answers_file: str | Path, *,
+                      out_dir: str | Path | None = None, label: str | None = None, question_file=None,
+                      image_folder=None, limit: int | None = None) -> EvalResult:
+    """Score an existing LLaVA-format answers JSONL (ours, or one written by LLaVA's own scripts) without a model,
+    and write the submission files from it when `out_dir` is given. Answers are matched to questions by
+    (question_id, prompt), else by question_id alone where that id is unique."""
+    bench = get_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
+    dataset = bench.load(data_dir, question_file, image_folder)
+    items = dataset.items[:limit] if limit else dataset.items
+    path = Path(answers_file)
+    if not path.is_file():
+        raise EdgeVLMError(f"answers file not found: {path}")
+    records = read_jsonl(path)
+    by_key = {answer_key(r.get("question_id"), r.get("prompt", "")): r for r in records if "text" in r}
+    id_counts: dict[str, int] = {}
+    for item in dataset.items:
+        id_counts[json.dumps(item.question_id)] = id_counts.get(json.dumps(item.question_id), 0) + 1
+    by_id = {json.dumps(r.get("question_id")): r for r in records if "text" in r}
+    answers = {}
+    for item in items:
+        record = by_key.get(item.key)
+        if record is None and id_counts[json.dumps(item.question_id)] == 1:
+            record = by_id.get(json.dumps(item.question_id))
+        if record is not None:
+            answers[item.key] = record
+    if not answers:
+        raise EdgeVLMError(f"no answer in {path} matches a question of {dataset.question_file}")
+    label = label or path.stem
+    scores = bench.score(dataset, items, answers)
+    result = EvalResult(bench.name, label, scores, bench.headline if scores else None, len(items), 0, len(answers),
+                        0, 0.0, Path(out_dir) if out_dir is not None else None, answers=answers)
+    if out_dir is not None:
+        out = Path(out_dir)
+        result.files.extend(bench.submit(dataset, answers, out, label))
+        summary = result.to_dict()
+        summary.update(source=f"answers:{path.resolve()}", question_file=str(dataset.question_file),
+                       offline=bench.offline)
+        result.files.append(write_json_atomic(out / SCORES, summary, indent=2))
+    return result
+
+
+@contextmanager
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="q", disable=not enabled, dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()
