@@ -1,0 +1,169 @@
+"""`edge-vlm stream`: answer prompts about the newest frame of a camera, video, URL, folder, synthetic scene or bag."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+HELP = "answer prompts about a live frame source (camera, video, RTSP, folder, synthetic, rosbag2), newest frame first"
+
+SOURCE_HELP = ("0 | camera:N | video:FILE | FILE.mp4 | rtsp://... | http://... | folder:DIR | synthetic[:FPS] | "
+               "bag:PATH (with --topic)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--bundle", metavar="DIR", help="an exported bundle (ONNX runtime, no torch)")
+    model.add_argument("--model", metavar="DIR", help="a checkpoint directory (PyTorch)")
+    parser.add_argument("--source", required=True, metavar="S", help=SOURCE_HELP)
+    parser.add_argument("--prompt", action="append", required=True, metavar="P",
+                        help="a question asked about every answered frame (repeat for several; they share the "
+                             "image's prefill)")
+    parser.add_argument("--topic", metavar="T", help="the image topic of a bag source (Image or CompressedImage)")
+    parser.add_argument("--max-hz", type=float, metavar="N", help="at most N frames answered per second "
+                        "(default: as fast as the model goes)")
+    parser.add_argument("--max-age-ms", type=float, metavar="MS", help="never answer about a frame older than this")
+    parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    parser.add_argument("--max-frames", type=int, metavar="N", help="stop after answering N frames")
+    parser.add_argument("--jsonl", metavar="PATH", help="write every answer with its timings as JSON lines")
+    parser.add_argument("--record", metavar="PATH", help="record the frames with the answers drawn on them "
+                        "(.mp4 mp4v, .avi MJPG, .mkv FFV1)")
+    parser.add_argument("--out-bag", metavar="PATH", help="write the answers to a new rosbag2 (std_msgs/String on "
+                        "/edge_vlm/answer and JSON on /edge_vlm/result, stamped with the source frames)")
+    parser.add_argument("--playback", choices=("realtime", "lossless"), default="realtime",
+                        help="files, folders, bags, synthetic: realtime drops frames as a robot would; lossless "
+                             "answers every frame (default: realtime)")
+    parser.add_argument("--speed", type=float, default=1.0, help="realtime playback speed factor (default 1)")
+    parser.add_argument("--fps", type=float, help="frame rate of a folder (default 10) or the synthetic scene "
+                        "(default 30)")
+    parser.add_argument("--size", default="320x240", metavar="WxH", help="synthetic frame size (default 320x240)")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default 32)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--threads", type=int, help="CPU threads for inference")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                        help="--model only: load the checkpoint in this dtype (default: as saved)")
+    parser.add_argument("--device", help="--model only: torch device, e.g. cuda (default: cpu)")
+    parser.add_argument("--quiet", action="store_true", help="print only the final summary line")
+
+
+def _size(text: str):
+    from edge_vlm.errors import EdgeVLMError
+
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise EdgeVLMError(f"--size must look like 320x240, got {text!r}") from None
+    return width, height
+
+
+def _check_outputs(args) -> None:
+    """Fail before loading the model when an output cannot be written."""
+    from pathlib import Path
+
+    from edge_vlm.errors import EdgeVLMError
+
+    for flag, value in (("--jsonl", args.jsonl), ("--record", args.record), ("--out-bag", args.out_bag)):
+        if value is None:
+            continue
+        path = Path(value)
+        if not path.parent.is_dir():
+            raise EdgeVLMError(f"{flag} {path}: the folder {path.parent} does not exist")
+        if flag != "--out-bag" and path.is_dir():
+            raise EdgeVLMError(f"{flag} {path} is a directory: give a file path")
+    if args.out_bag and Path(args.out_bag).exists():
+        raise EdgeVLMError(f"--out-bag {args.out_bag} already exists: bags are never overwritten, choose a new path")
+
+
+def run(args) -> int:
+    import signal
+
+    from edge_vlm.engine import GenerationConfig
+    from edge_vlm.stream import PartialText, StreamRunner, open_source
+    from edge_vlm.stream.engines import load_engine
+    from edge_vlm.stream.sinks import JsonlSink, VideoRecorder
+    from edge_vlm.stream.stats import RssMonitor, format_summary
+
+    def note(message: str) -> None:
+        print(f"edge-vlm stream: {message}", file=sys.stderr, flush=True)
+
+    generation = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                  top_p=args.top_p, seed=args.seed)
+    _check_outputs(args)
+    source = open_source(args.source, topic=args.topic, fps=args.fps, size=_size(args.size),
+                         playback=args.playback, speed=args.speed,
+                         on_event=lambda e: note(f"source {e['source']}: {e['event']}: {e['message']}"))
+    engine, info = load_engine(model=args.model, bundle=args.bundle, threads=args.threads, dtype=args.dtype,
+                               device=args.device)
+    if info.get("random_weights"):
+        note(f"{info['path']} has RANDOM weights: the answers are noise, only the timings mean something")
+
+    runner = StreamRunner(engine, source, args.prompt, max_hz=args.max_hz, max_age_ms=args.max_age_ms,
+                          generation=generation, max_frames=args.max_frames, duration_s=args.duration)
+    sinks = []
+    received = []
+    memory = RssMonitor()
+
+    def on_signal(signum, _frame):
+        name = signal.Signals(signum).name
+        if runner.stopping:  # a second signal: stop waiting for the model
+            raise KeyboardInterrupt
+        received.append(name)
+        runner.stop(f"{name} received")
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    live = sys.stdout.isatty() and not args.quiet
+    try:
+        source.open()
+        if args.jsonl:
+            sinks.append(JsonlSink(args.jsonl, extra={"source": source.name, "backend": info["backend"]}))
+        if args.out_bag:
+            from edge_vlm.stream.bag import BagAnswerWriter
+
+            sinks.append(BagAnswerWriter(args.out_bag))
+        if args.record:
+            recorder = VideoRecorder(args.record, fps=source.nominal_fps)
+            sinks.append(recorder)
+            source.on_frame = recorder.tap
+        started = set()
+        for event in runner.events():
+            if isinstance(event, PartialText):
+                if live:
+                    key = (event.frame_seq, event.prompt_index)
+                    if key not in started:
+                        started.add(key)
+                        print(f"[frame {event.frame_seq}] {event.prompt} -> ", end="", flush=True)
+                    print(event.piece, end="", flush=True)
+                continue
+            for sink in sinks:
+                sink.write(event)
+            memory.sample(runner.stats.answers)
+            if live:
+                print(f"  ({event.frame_age_ms:.0f} ms, {event.frames_dropped} dropped)", flush=True)
+            elif not args.quiet:
+                print(f"[frame {event.frame_seq}] {event.prompt} -> {event.text} ({event.frame_age_ms:.0f} ms, "
+                      f"{event.frames_dropped} dropped)", flush=True)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        source.close()
+        errors = []
+        for sink in sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # close every sink even if one fails
+                errors.append(f"{type(sink).__name__}: {exc}")
+        if live:
+            print(flush=True)
+    summary = runner.summary({"backend": info["backend"], "model": info["path"], "dtype": info.get("dtype"),
+                              "device": info.get("device"), "threads": args.threads,
+                              "random_weights": bool(info.get("random_weights")), "source": source.name,
+                              "prompts": len(args.prompt), "max_hz": args.max_hz, "playback": args.playback,
+                              "signal": received[0] if received else None, **memory.summary()})
+    note(format_summary(summary))
+    for error in errors:
+        note(f"could not finish an output: {error}")
+    print(json.dumps({"summary": summary}), flush=True)
+    return 1 if errors else 0
