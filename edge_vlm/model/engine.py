@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from edge_vlm.engine import IMAGE_PREFIX, GenerationConfig, PreparedImage, check_question, fit_new_tokens
@@ -37,6 +38,16 @@ class _TokenQueue(BaseStreamer):
 
     def end(self):
         self.queue.put(_DONE)
+
+
+class _StopWhenSet(StoppingCriteria):
+    """Ends `generate` early once the caller stopped reading (the stream was closed or broke)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 class TorchEngine:
@@ -115,6 +126,8 @@ class TorchEngine:
 
     def _run(self, generate_kwargs: dict, tokens: _TokenQueue) -> Iterator[int]:
         errors: list[BaseException] = []
+        stop = threading.Event()
+        generate_kwargs["stopping_criteria"] = StoppingCriteriaList([_StopWhenSet(stop)])
 
         def work():
             try:
@@ -126,10 +139,13 @@ class TorchEngine:
 
         worker = threading.Thread(target=work, daemon=True)
         worker.start()
-        while (token := tokens.queue.get()) is not _DONE:
-            if token == self.tokenizer.eos_token_id:
-                continue
-            yield token
-        worker.join()
+        try:
+            while (token := tokens.queue.get()) is not _DONE:
+                if token == self.tokenizer.eos_token_id:
+                    continue
+                yield token
+        finally:  # also when the caller closes the stream early: stop generating instead of running on
+            stop.set()
+            worker.join()
         if errors:
             raise errors[0]

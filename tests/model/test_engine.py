@@ -63,3 +63,20 @@ def test_processor_batch_generates_what_single_prompts_generate(tiny_checkpoint)
     for row, (question, image) in enumerate(zip(questions, images)):
         single = _plain_generate(engine, image, question, max_new_tokens=6)
         assert engine.tokenizer.decode(out[row, width:].tolist()).strip() == single
+
+
+def test_closing_a_stream_stops_generation(tiny_checkpoint):
+    engine = TorchEngine.from_checkpoint(tiny_checkpoint)
+    prepared = engine.prepare_image(np.zeros((32, 32, 3), dtype=np.uint8))
+    calls = []
+    forward = engine.model.forward
+
+    def counting_forward(*args, **kwargs):
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    engine.model.forward = counting_forward
+    stream = engine.stream(prepared, "Describe it.", config=GenerationConfig(max_new_tokens=400, stop_at_eos=False))
+    next(stream)
+    stream.close()  # joins the generate thread, so the count below is final
+    assert len(calls) < 50, f"generate ran {len(calls)} steps after the stream was closed"
