@@ -1,0 +1,135 @@
+"""`edge-vlm train`: run a training preset (one stage, or a plan of stages), resume it, or merge a LoRA adapter.
+
+    edge-vlm train --config train/configs/finetune.yaml --init_from CKPT --data_path DATA.json [--key value ...]
+    torchrun --nproc_per_node 8 -m edge_vlm.cli.main train --config ...      (DDP; see train/README.md)
+    edge-vlm train --config ... --resume                                     (continue a killed run)
+    edge-vlm train --merge runs/lora                                         (adapter -> plain checkpoint)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+HELP = "train LLaVA-Phi: SFT, stage 1 (pretrain), stage 2 (finetune), LoRA/QLoRA; resumable, multi-process"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from edge_vlm.train.config import TrainConfig  # torch-free
+
+    parser.add_argument("--config", help="a preset YAML (train/configs/*.yaml)")
+    parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                        help="continue from the latest checkpoint in output_dir (or from CHECKPOINT); finished "
+                             "stages of a plan are skipped")
+    parser.add_argument("--overwrite", action="store_true", help="start over in an output_dir that holds a run")
+    parser.add_argument("--merge", metavar="RUN_DIR",
+                        help="merge RUN_DIR/adapter into its base (from RUN_DIR/config.yaml) -> RUN_DIR/final")
+    parser.add_argument("--eval-limit", type=int, default=None, metavar="N",
+                        help="a plan's evaluate step: score only the first N held-out questions")
+    parser.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                        help="override a key of one stage of a plan (repeatable)")
+    keys = parser.add_argument_group("config keys (override the preset; values are YAML: 1e-4, true, [a,b])")
+    for item in dataclasses.fields(TrainConfig):
+        keys.add_argument(f"--{item.name}", default=argparse.SUPPRESS, metavar="V")
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    from edge_vlm.errors import EdgeVLMError
+    from edge_vlm.train.config import TrainConfig
+
+    out: list[str] = []
+    for item in dataclasses.fields(TrainConfig):
+        if hasattr(args, item.name):
+            out += [f"--{item.name}", str(getattr(args, item.name))]
+    for entry in args.set:
+        if "=" not in entry or "." not in entry.split("=", 1)[0]:
+            raise EdgeVLMError(f"--set {entry!r}: expected STAGE.KEY=VALUE, e.g. --set finetune.lr=1e-5")
+        key, value = entry.split("=", 1)
+        out += [f"--{key}", value]
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+    import time
+    from pathlib import Path
+
+    from edge_vlm.errors import EdgeVLMError
+    from edge_vlm.train.config import load_plan, plan_steps
+
+    if args.merge:
+        return _merge(Path(args.merge))
+    if not args.config:
+        raise EdgeVLMError("give --config train/configs/<preset>.yaml (or --merge RUN_DIR)")
+    plan = load_plan(args.config, _overrides(args))
+    steps = plan_steps(args.config)
+    from edge_vlm.train.loop import FINAL_DIR, train
+
+    main_process = os.environ.get("RANK", "0") == "0"
+    started_plan = time.perf_counter()
+    if "synth" in steps:
+        from accelerate import PartialState
+
+        from edge_vlm.train.builtin import ensure_world
+
+        with PartialState(cpu=not _cuda()).main_process_first():  # the others find it written
+            ensure_world(**steps["synth"])
+    for config in plan:
+        label = config.name or config.stage
+        final = Path(config.output_dir) / FINAL_DIR
+        if args.resume and len(plan) > 1 and final.is_dir():
+            print(f"[{label}] done earlier: {final}")
+            continue
+        started = time.perf_counter()
+        result = train(config, resume=args.resume, overwrite=args.overwrite)
+        last = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
+        if main_process:  # one summary line per run, not per process
+            print(f"[{label}] {result.steps} steps in {time.perf_counter() - started:.0f} s, last loss {last} -> "
+                  f"{result.final_dir}")
+    if main_process:
+        print(f"trained in {time.perf_counter() - started_plan:.0f} s (wall clock, data generation included)")
+    if "evaluate" in steps and main_process:
+        options = dict(steps["evaluate"])
+        if args.eval_limit is not None:
+            options["limit"] = args.eval_limit
+        _evaluate(Path(plan[-1].output_dir), options)
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _evaluate(run_dir, options: dict) -> None:
+    import json
+    import sys
+
+    from edge_vlm.train.builtin import evaluate_exact_match, format_accuracy
+
+    result = evaluate_exact_match(run_dir / "final", options["eval_file"], limit=options.get("limit"),
+                                  progress=sys.stderr.isatty())
+    print(format_accuracy(result))
+    out = run_dir / "eval_results.json"
+    out.write_text(json.dumps({"checkpoint": str(run_dir / "final"), "eval_file": str(options["eval_file"]),
+                               **result}, indent=2) + "\n")
+    print(f"exact match written to {out}")
+
+
+def _merge(run_dir) -> int:
+    import yaml
+
+    from edge_vlm.errors import EdgeVLMError
+    from edge_vlm.train.lora import ADAPTER_DIR, merge_adapter
+
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise EdgeVLMError(f"no config.yaml in {run_dir}: not a training run directory")
+    config = yaml.safe_load(config_file.read_text())
+    if not config.get("init_from"):
+        raise EdgeVLMError(f"{config_file} has no init_from: nothing to merge the adapter into")
+    out = merge_adapter(config["init_from"], run_dir / ADAPTER_DIR, run_dir / "final",
+                        quantized_base=bool(config.get("qlora")))
+    print(f"merged {run_dir / ADAPTER_DIR} into {config['init_from']} -> {out}")
+    return 0

@@ -1,0 +1,106 @@
+"""What a run leaves behind besides checkpoints: metrics.jsonl, optional TensorBoard events, loss.png."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "loss.png"
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a metrics.jsonl (a torn last line of a killed run is ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class MetricsLog:
+    """Appends one JSON line per logged step (flushed, so a killed run keeps what it logged). On resume, records
+    after the resumed step are dropped first: those steps run again and are logged again."""
+
+    def __init__(self, output_dir: str | Path, resume_step: int | None, tensorboard: bool = False):
+        self.path = Path(output_dir) / METRICS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            self.path.unlink(missing_ok=True)
+        else:
+            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            _write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        self.handle = self.path.open("a")
+        self.writer = None
+        if tensorboard:
+            from edge_vlm.deps import require
+
+            require("tensorboard")
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"), purge_step=resume_step)
+
+    def log(self, record: dict) -> None:
+        self.handle.write(json.dumps(record) + "\n")
+        self.handle.flush()
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"train/{key}", value, record["step"])
+
+    def close(self) -> None:
+        self.handle.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def plot_loss(metrics_path: str | Path, out_path: str | Path, title: str = "") -> Path | None:
+    """loss (and lr) per step as a PNG (matplotlib, Agg backend), written atomically. None if nothing was logged."""
+    records = [r for r in read_metrics(metrics_path) if "loss" in r]
+    if not records:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in records]
+    fig, loss_axis = plt.subplots(figsize=(7, 4), dpi=100)
+    loss_axis.plot(steps, [r["loss"] for r in records], color="tab:blue", linewidth=1.2, label="loss")
+    loss_axis.set_xlabel("optimizer step")
+    loss_axis.set_ylabel("loss (per supervised token)", color="tab:blue")
+    if any("lr" in r for r in records):
+        lr_axis = loss_axis.twinx()
+        lr_axis.plot(steps, [r.get("lr", float("nan")) for r in records], color="tab:orange", linewidth=0.8)
+        lr_axis.set_ylabel("learning rate", color="tab:orange")
+    loss_axis.set_title(title or "training loss")
+    loss_axis.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(out_path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        plt.close(fig)
+    return out
