@@ -1,0 +1,99 @@
+"""What the benchmark knows about its inputs without loading them: sizes on disk, bundle precision, random-weight
+flags. Torch-free and onnxruntime-free (the parent process uses it to pick a bundle per backend)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edge_vlm.errors import EdgeVLMError
+
+
+def checkpoint_artifacts(directory: str | Path) -> dict:
+    """Bytes of a checkpoint's weight files (safetensors) and of the whole directory."""
+    path = Path(directory)
+    weights = {p.name: p.stat().st_size for p in sorted(path.glob("*.safetensors"))}
+    total = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return {"kind": "checkpoint", "path": str(path), "files": weights, "weights_bytes": sum(weights.values()),
+            "total_bytes": total}
+
+
+def check_model_dir(directory: str | Path) -> Path:
+    """Fail early, with the fix, when --model is not a checkpoint directory (before any worker starts)."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise EdgeVLMError(f"--model {path}: no such checkpoint directory")
+    if not (path / "config.json").is_file():
+        hint = " (it is a bundle: pass it with --bundle)" if (path / "manifest.json").is_file() else ""
+        raise EdgeVLMError(f"--model {path}: no config.json, not a checkpoint directory{hint}")
+    return path
+
+
+def checkpoint_random_weights(directory: str | Path) -> bool:
+    """The checkpoint's edge_vlm.json random_weights flag, read as plain JSON (edge_vlm.model would import torch)."""
+    path = Path(directory) / "edge_vlm.json"
+    try:
+        return bool(json.loads(path.read_text()).get("random_weights", False))
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def bundle_manifest(directory: str | Path) -> dict:
+    """The bundle's manifest.json (format checks are the runtime's job; this only needs to read it)."""
+    path = Path(directory) / "manifest.json"
+    if not path.is_file():
+        raise EdgeVLMError(f"no manifest.json in {directory}: not a bundle (export one with `edge-vlm export`)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EdgeVLMError(f"{path} is not valid JSON ({exc}): export the bundle again") from exc
+
+
+def bundle_precision(manifest: dict) -> str:
+    """The decoder's precision (fp32 / fp16 / int8 / int4): what the onnxruntime backend name refers to."""
+    precision = manifest.get("precision")
+    if isinstance(precision, dict):
+        precision = precision.get("decoder") or precision.get("llm")
+    if not isinstance(precision, str):
+        raise EdgeVLMError("the bundle manifest records no decoder precision: export the bundle again")
+    return precision.lower()
+
+
+def bundle_random_weights(manifest: dict) -> bool:
+    """True when the bundle was exported from a random-weight checkpoint (wherever the manifest records it)."""
+    for section in (manifest, manifest.get("source") or {}, manifest.get("model") or {}):
+        if isinstance(section, dict) and section.get("random_weights"):
+            return True
+    return False
+
+
+def bundle_artifacts(directory: str | Path, manifest: dict) -> dict:
+    """Bytes per role (an ONNX file and its external-data files count together) and in total."""
+    root = Path(directory)
+    files = {name: int(entry.get("bytes", 0)) if isinstance(entry, dict) else 0
+             for name, entry in (manifest.get("files") or {}).items()}
+    for name in files:  # the manifest's figures, or the disk's when it records none
+        if not files[name] and (root / name).is_file():
+            files[name] = (root / name).stat().st_size
+    roles = {}
+    for role, rel in (manifest.get("roles") or {}).items():
+        roles[role] = sum(size for name, size in files.items() if name == rel or name.startswith(rel + "."))
+    return {"kind": "bundle", "path": str(root), "files": files, "roles": roles, "total_bytes": sum(files.values())}
+
+
+def pick_bundles(bundles: list[str], precisions: list[str]) -> dict[str, str]:
+    """precision -> bundle dir, for the onnxruntime backends asked for; an error names what is missing."""
+    by_precision: dict[str, str] = {}
+    for directory in bundles:
+        precision = bundle_precision(bundle_manifest(directory))
+        if precision in by_precision:
+            raise EdgeVLMError(f"two bundles with {precision} decoders: {by_precision[precision]} and {directory}")
+        by_precision[precision] = directory
+    missing = [p for p in precisions if p not in by_precision]
+    if missing:
+        have = ", ".join(f"{p} ({d})" for p, d in by_precision.items()) or "none"
+        raise EdgeVLMError(
+            f"no bundle with a {'/'.join(missing)} decoder among --bundle (have: {have}); export one with "
+            f"`edge-vlm export --model DIR --out BUNDLE --precision {missing[0]}`"
+        )
+    return by_precision

@@ -1,0 +1,128 @@
+"""The onnxruntime backend: a bundle run through the torch-free runtime (edge_vlm.runtime.BundleEngine).
+
+The stages use the engine's public building blocks (image_features, prefill, embed, decoder.forward), i.e. the
+exact code `edge-vlm ask --bundle` runs. Nothing here imports torch: the worker's peak RSS is the runtime's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge_vlm.bench.artifacts import bundle_artifacts, bundle_random_weights
+from edge_vlm.bench.roofline import DecodeBytes, WeightFormat, analytic_decode_bytes, onnx_decode_bytes
+from edge_vlm.bench.settings import BackendSpec, BenchSettings
+from edge_vlm.errors import EdgeVLMError
+from edge_vlm.imaging import preprocess
+
+
+class OrtBackend:
+    def __init__(self, spec: BackendSpec, settings: BenchSettings, bundle: str | None):
+        if bundle is None:
+            raise EdgeVLMError(f"{spec.name} needs a bundle with a {spec.precision} decoder (--bundle DIR)")
+        self.spec, self.settings, self.bundle_dir = spec, settings, bundle
+        self.device = settings.device
+        if spec.tensorrt_vision:
+            self.providers = ["tensorrt", "cuda", "cpu"]
+        else:
+            self.providers = ["cuda", "cpu"] if self.device == "cuda" else ["cpu"]
+        self.random_weights = settings.random_weights
+
+    def load(self) -> None:
+        from edge_vlm.runtime import BundleEngine
+
+        engine = BundleEngine.from_bundle(self.bundle_dir, providers=self.providers, threads=self.settings.threads,
+                                          verify=self.settings.verify)
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.num_image_tokens = engine.num_image_tokens
+        self.context_length = engine.context_length
+        self.manifest = engine.bundle.manifest
+        self.random_weights = self.random_weights or bundle_random_weights(self.manifest)
+        if engine.bundle.precision and self.spec.precision not in str(engine.bundle.precision).lower():
+            raise EdgeVLMError(f"{self.bundle_dir} has precision {engine.bundle.precision}, not {self.spec.precision}")
+
+    # --------------------------------------------------------------------------------------------------- stages
+    def sync(self) -> None:
+        """Every stage returns host numpy arrays (logits come back to the CPU), so there is nothing queued."""
+
+    def preprocess(self, image) -> np.ndarray:
+        return preprocess(image, self.engine.image_config)[None]
+
+    def vision(self, pixels: np.ndarray) -> np.ndarray:
+        return self.engine.image_features(pixels)[0]
+
+    def prefill(self, ids: list[int], features: np.ndarray):
+        logits, cache = self.engine.prefill(ids, features)
+        return int(np.argmax(logits)), cache
+
+    def decode(self, token: int, cache):
+        logits, cache = self.engine.decoder.forward(self.engine.embed([token]), cache)
+        return int(np.argmax(logits)), cache
+
+    # ------------------------------------------------------------------------------------------------ reporting
+    def decode_bytes(self, context: float) -> DecodeBytes:
+        model = self.manifest["model"]
+        heads = int(model.get("num_attention_heads") or int(model["hidden_size"]) // int(model["head_size"]))
+        text = {
+            "hidden_size": int(model["hidden_size"]),
+            "num_hidden_layers": int(model.get("num_layers") or len(self.engine.decoder.past_names) // 2),
+            "num_attention_heads": heads,
+            "num_key_value_heads": int(model.get("num_kv_heads") or self.engine.decoder.kv_heads),
+            "vocab_size": int(model["vocab_size"]),
+        }
+        embedding_row = int(self.engine.embeddings.shape[1]) * self.engine.embeddings.dtype.itemsize
+        kv_bytes = np.dtype(self.engine.decoder.dtype).itemsize
+        from edge_vlm.deps import available
+
+        if available("onnx"):
+            return onnx_decode_bytes(self.engine.bundle.file("decoder"), text, context, embedding_row, kv_bytes)
+        # onnx is an export-side package; a deployment box may only have onnxruntime: count from the shapes and the
+        # manifest's quantization settings
+        text["intermediate_size"] = int(model.get("intermediate_size") or 4 * text["hidden_size"])
+        body, head = manifest_formats(self.manifest, kv_bytes)
+        counted = analytic_decode_bytes(text, self.spec.precision, context, weight_format=body, float_bytes=kv_bytes,
+                                        lm_head_format=head)
+        counted.source += " (no onnx package to read the graph's initializers; intermediate size assumed 4 x hidden" \
+            " when the manifest does not record it)"
+        return counted
+
+    def end_profiling(self) -> dict[str, str]:
+        """Stop the sessions' ONNX Runtime profilers (see edge_vlm.bench.profile): {session: JSON file}."""
+        files = {}
+        vision_session = getattr(self.engine.vision, "session", None)  # None when the vision part is TensorRT
+        if vision_session is not None:
+            files["vision"] = vision_session.end_profiling()
+        files["decoder"] = self.engine.decoder.session.end_profiling()
+        return files
+
+    def peak_gpu_bytes(self) -> int | None:
+        return None  # ONNX Runtime has no allocator statistics in Python: the worker samples nvidia-smi instead
+
+    def describe(self) -> dict:
+        import onnxruntime
+
+        return {
+            "library": "onnxruntime",
+            "versions": {"onnxruntime": onnxruntime.__version__},
+            "precision": self.engine.bundle.precision,
+            "device": self.device,
+            "providers": self.engine.providers,
+            "threads": self.settings.threads,
+            "source": f"bundle {self.bundle_dir}",
+            "random_weights": self.random_weights,
+            "artifacts": bundle_artifacts(self.bundle_dir, self.manifest),
+        }
+
+
+def manifest_formats(manifest: dict, float_bytes: int) -> tuple[WeightFormat | None, WeightFormat | None]:
+    """(body, lm_head) weight formats from the manifest's quantization section (MatMulNBits: block scales in the
+    float type, packed zero points when asymmetric); (None, None) for a float decoder."""
+    quant = manifest.get("quantization")
+    if not quant:
+        return None, None
+    bits, block = int(quant["bits"]), int(quant.get("block_size") or 32)
+    zero_points = not quant.get("symmetric", True)
+    body = WeightFormat(bits, block, float_bytes, zero_points)
+    head_bits = quant.get("lm_head_bits")
+    head = WeightFormat(int(head_bits), block, float_bytes, zero_points) if head_bits else None
+    return body, head

@@ -1,0 +1,154 @@
+"""The benchmark run: machine facts and memory bandwidth here, then each backend in its own worker process, then
+the roofline, assembled into one report dict (the JSON document of edge_vlm.bench.schema). Torch-free."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from edge_vlm.bench.artifacts import check_model_dir, pick_bundles
+from edge_vlm.bench.bandwidth import measure_cpu_bandwidth, nominal_bandwidth
+from edge_vlm.bench.machine import jetson_model, load_average, machine_info, versions
+from edge_vlm.bench.roofline import DecodeBytes, roofline
+from edge_vlm.bench.schema import SCHEMA_ID, SCHEMA_VERSION
+from edge_vlm.bench.settings import BenchSettings
+from edge_vlm.errors import EdgeVLMError
+
+RANDOM_WEIGHTS_LABEL = "RANDOM WEIGHTS (speed only: the answers are meaningless)"
+
+
+def _run_worker(job: dict, timeout_s: float | None = None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="edge-vlm-bench-") as tmp:
+        job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
+        job_path.write_text(json.dumps(job))
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+        # the worker's stdout goes to our stderr: our stdout carries only the table and the closing JSON line
+        proc = subprocess.run([sys.executable, "-m", "edge_vlm.bench.worker", str(job_path), str(out_path)],
+                              stdout=sys.stderr, env=env, timeout=timeout_s)
+        if proc.returncode == 130:
+            raise KeyboardInterrupt
+        if not out_path.is_file():
+            return {"name": job["backend"], "status": "error",
+                    "error": f"the worker process exited with code {proc.returncode} without a result "
+                             "(killed for memory? see the messages above)"}
+        return json.loads(out_path.read_text())
+
+
+def gpu_bandwidth() -> dict:
+    """Measured (torch device copy, in a separate process so no backend's memory figures include it) and nominal."""
+    probe = ("import json\nfrom edge_vlm.bench.bandwidth import measure_torch_gpu_bandwidth as m\n"
+             "print(json.dumps(m()))")
+    result: dict = {"device": "cuda", "used_gb_s": None}
+    try:
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+        if out.returncode == 0:
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+        else:
+            result["error"] = (out.stderr.strip().splitlines() or ["torch probe failed"])[-1]
+    except (OSError, subprocess.SubprocessError, json.JSONDecodeError) as exc:
+        result["error"] = str(exc)
+    if result.get("nominal_gb_s") is None:
+        from edge_vlm.bench.machine import nvidia_gpus
+
+        name = jetson_model() or (nvidia_gpus() or [{}])[0].get("name")
+        nominal = nominal_bandwidth(name)
+        result.update({"gpu": name, "nominal_gb_s": nominal[0] if nominal else None,
+                       "nominal_entry": nominal[1] if nominal else None})
+    if result.get("used_gb_s") is None:  # nothing measured: the nominal figure is all there is
+        result["used_gb_s"] = result.get("nominal_gb_s")
+        result["method"] = "nominal only (no torch with CUDA to measure with)"
+    return result
+
+
+def _add_roofline(result: dict, bandwidth: dict) -> None:
+    if result.get("status") != "ok":
+        return
+    link = bandwidth.get(result["device"]) or {}
+    decode = DecodeBytes(**{k: v for k, v in result["decode_bytes"].items() if k != "total"})
+    tps = result["decode"]["tokens_per_s"]
+    source = link.get("method", "")
+    result["roofline"] = roofline(decode, link.get("used_gb_s"), tps, source)
+    nominal = link.get("nominal_gb_s")
+    if nominal:
+        bound = nominal * 1e9 / decode.total
+        result["roofline"]["nominal_bandwidth_gb_s"] = nominal
+        result["roofline"]["nominal_bound_tokens_per_s"] = bound
+        result["roofline"]["percent_of_nominal_bound"] = 100.0 * tps / bound
+
+
+def _profile_pass(job: dict, settings: BenchSettings, profile_dir: str, timeout_s, progress: bool) -> dict:
+    Path(profile_dir).mkdir(parents=True, exist_ok=True)
+    profiled_settings = {**settings.to_dict(), "warmup": 1, "runs": 1}
+    prefix = str(Path(profile_dir).resolve() / job["backend"].replace("+", "_"))
+    if progress:
+        print(f"edge-vlm bench: profiling {job['backend']} (separate pass) ...", file=sys.stderr, flush=True)
+    profiled = _run_worker({**job, "settings": profiled_settings, "profile_prefix": prefix}, timeout_s)
+    if profiled.get("status") != "ok":
+        return {"error": profiled.get("error", "the profiling pass failed")}
+    return {**profiled["profile"], "note": "separate pass: 1 warm-up + 1 query with ONNX Runtime's profiler on; "
+                                           "ms per call are the profiler's, not the reported timings"}
+
+
+def _artifacts_random(settings: BenchSettings, bundles: dict[str, str]) -> bool:
+    """Whether the checkpoint or a bundle says random weights (known even when a backend fails to load)."""
+    from edge_vlm.bench.artifacts import bundle_manifest, bundle_random_weights, checkpoint_random_weights
+
+    if settings.model and checkpoint_random_weights(settings.model):
+        return True
+    return any(bundle_random_weights(bundle_manifest(d)) for d in bundles.values())
+
+
+def run_benchmark(settings: BenchSettings, command: str, progress: bool = True,
+                  worker_timeout_s: float | None = None, profile_dir: str | None = None) -> dict:
+    """Measure every backend of `settings`; a backend that fails is reported with its error, the rest go on.
+
+    With `profile_dir`, each onnxruntime backend then runs once more (1 warm-up + 1 query) with ONNX Runtime's
+    profiler on; the per-operator summary is added to its result and the raw JSON files stay in `profile_dir`.
+    """
+    specs = settings.specs
+    if settings.model and any(s.family == "torch" for s in specs):
+        check_model_dir(settings.model)
+    if settings.image and not Path(settings.image).is_file():
+        raise EdgeVLMError(f"--image {settings.image}: no such file")
+    ort_precisions = [s.precision for s in specs if s.family == "ort"]
+    bundles = pick_bundles(settings.bundles, ort_precisions) if ort_precisions else {}
+    started = _dt.datetime.now(_dt.timezone.utc)
+    load_before = load_average()
+    threads = settings.threads or machine_info()["cpu"]["usable_cpus"] or 1
+    bandwidth = {"cpu": measure_cpu_bandwidth(threads, settings.bandwidth_mib)}
+    if settings.device == "cuda":
+        bandwidth["cuda"] = gpu_bandwidth()
+    results = []
+    for spec in specs:
+        job = {"settings": settings.to_dict(), "backend": spec.name, "progress": progress,
+               "bundle": bundles.get(spec.precision) if spec.family == "ort" else None}
+        if progress:
+            print(f"edge-vlm bench: measuring {spec.name} ...", file=sys.stderr, flush=True)
+        result = _run_worker(job, worker_timeout_s)
+        if profile_dir and spec.family == "ort" and result.get("status") == "ok":
+            result["profile"] = _profile_pass(job, settings, profile_dir, worker_timeout_s, progress)
+        _add_roofline(result, bandwidth)
+        results.append(result)
+    random_weights = (settings.random_weights or _artifacts_random(settings, bundles)
+                      or any(r.get("random_weights") for r in results))
+    if settings.preset and not random_weights:
+        raise EdgeVLMError("internal: a preset run must be labelled random weights")
+    return {
+        "schema": SCHEMA_ID,
+        "schema_version": SCHEMA_VERSION,
+        "created": started.isoformat(timespec="seconds"),
+        "command": command,
+        "random_weights": random_weights,
+        "label": RANDOM_WEIGHTS_LABEL if random_weights else "trained weights",
+        "settings": settings.to_dict(),
+        "machine": machine_info(),
+        "versions": versions(),
+        "load_average": {"before": load_before, "after": load_average()},
+        "bandwidth": bandwidth,
+        "backends": results,
+    }

@@ -1,0 +1,152 @@
+"""`edge-vlm bench`: per-stage latency, memory and the decode roofline for one or more backends.
+
+    edge-vlm bench --model CKPT --bundle B_INT4 --backend torch-fp32,ort-int4 --json out.json
+    edge-vlm bench --preset llava-phi-2 --random-weights --backend torch-fp32
+    edge-vlm bench --scenario benchmarks/cpu.yaml --model CKPT --bundle B
+    edge-vlm bench compare A.json B.json
+    edge-vlm bench render A.json --markdown A.md --plot A.png      (re-draw a recorded report)
+The table goes to stdout and the last stdout line is the report as one compact JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = ("measure latency per stage, memory and the bandwidth roofline of backends; "
+        "`bench compare A.json B.json`, `bench render A.json`")
+
+# flag dest -> BenchSettings field (flags left unset fall back to the scenario, then to BenchSettings' defaults)
+_SETTING_FLAGS = ("backends", "model", "bundles", "preset", "random_weights", "prompt_tokens", "new_tokens", "runs",
+                  "warmup", "threads", "device", "image", "verify", "bandwidth_mib")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("subcommand", nargs="*", metavar="compare A.json B.json | render A.json",
+                        help="compare two reports written with --json (prints B/A ratios), or print the table of "
+                             "one and write its --markdown / --plot again")
+    source = parser.add_argument_group("what to measure")
+    source.add_argument("--model", help="checkpoint directory (torch backends)")
+    source.add_argument("--bundle", dest="bundles", action="append",
+                        help="bundle directory (onnxruntime backends); repeat for several precisions")
+    source.add_argument("--preset", help="build this preset in memory (torch backends), e.g. llava-phi-2")
+    source.add_argument("--random-weights", action="store_true", default=None,
+                        help="required with --preset: the results are labelled random weights everywhere")
+    source.add_argument("--backend", dest="backends", action="append",
+                        help="comma-separated: torch-fp32|bf16|fp16|int8|nf4, ort-fp32|fp16|int8|int4 "
+                             "(onnxruntime-... too), ort-...+trt for TensorRT vision (default torch-fp32)")
+    work = parser.add_argument_group("workload")
+    work.add_argument("--prompt-tokens", type=int, help="total image-prompt length, image tokens included (600)")
+    work.add_argument("--new-tokens", type=int, help="decode steps per query; EOS is ignored (64)")
+    work.add_argument("--runs", type=int, help="measured queries per backend; medians are reported (3)")
+    work.add_argument("--warmup", type=int, help="unmeasured queries first (1)")
+    work.add_argument("--threads", type=int, help="intra-op threads for torch / onnxruntime and the bandwidth test")
+    work.add_argument("--device", choices=["cpu", "cuda"], help="cpu (default) or cuda")
+    work.add_argument("--image", help="an image file (default: a synthetic 640x480 picture)")
+    work.add_argument("--verify", choices=["hash", "size", "none"], help="bundle file check at load (size)")
+    work.add_argument("--bandwidth-mib", type=int, help="array size of the bandwidth test in MiB (256)")
+    work.add_argument("--scenario", help="a YAML scenario (benchmarks/*.yaml); flags given here win")
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", metavar="FILE", help="write the full report (schema edge-vlm-bench v1)")
+    out.add_argument("--markdown", metavar="FILE", help="write a markdown page")
+    out.add_argument("--plot", metavar="FILE", help="write a PNG chart (needs matplotlib: edge-vlm[bench])")
+    out.add_argument("--profile", metavar="DIR",
+                     help="also run each onnxruntime backend once with ONNX Runtime's profiler (per-operator time)")
+    out.add_argument("--quiet", action="store_true", help="no progress bars")
+    out.add_argument("--print-schema", action="store_true", help="print the report's JSON Schema and exit")
+
+
+def _settings(args: argparse.Namespace):
+    from edge_vlm.bench.settings import BenchSettings, load_scenario
+
+    values = load_scenario(args.scenario) if args.scenario else {}
+    for name in _SETTING_FLAGS:
+        given = getattr(args, name)
+        if given is not None:
+            values[name] = given
+    return BenchSettings(**values)
+
+
+def _write_text(path: str, text: str) -> None:
+    import os
+    from pathlib import Path
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, target)
+
+
+def _subcommand(words: list[str], args: argparse.Namespace) -> int:
+    from edge_vlm.errors import EdgeVLMError
+
+    if len(words) == 3 and words[0] == "compare":
+        return _compare(words[1:])
+    if len(words) == 2 and words[0] == "render":
+        return _render(words[1], args)
+    raise EdgeVLMError(f"unexpected arguments {' '.join(words)!r}: use `edge-vlm bench compare A.json B.json` or "
+                       "`edge-vlm bench render A.json [--markdown F] [--plot F]`")
+
+
+def _outputs(report: dict, args: argparse.Namespace, write_json: bool) -> None:
+    import json
+    import sys
+
+    from edge_vlm.bench.report import closing_line, render_markdown, render_table
+
+    print(render_table(report))
+    if args.json and write_json:
+        _write_text(args.json, json.dumps(report, indent=1) + "\n")
+        print(f"edge-vlm bench: wrote {args.json}", file=sys.stderr)
+    if args.markdown:
+        _write_text(args.markdown, render_markdown(report))
+        print(f"edge-vlm bench: wrote {args.markdown}", file=sys.stderr)
+    if args.plot:
+        from edge_vlm.bench.plot import write_plot
+
+        write_plot(report, args.plot)
+        print(f"edge-vlm bench: wrote {args.plot}", file=sys.stderr)
+    print(closing_line(report))
+
+
+def _render(path: str, args: argparse.Namespace) -> int:
+    from edge_vlm.bench.compare import load_report
+
+    _outputs(load_report(path), args, write_json=False)
+    return 0
+
+
+def _compare(paths: list[str]) -> int:
+    import json
+
+    from edge_vlm.bench.compare import compare_reports, load_report, render_comparison
+
+    a, b = load_report(paths[0]), load_report(paths[1])
+    result = compare_reports(a, b)
+    print(render_comparison(result, paths[0], paths[1]))
+    print(json.dumps({"compare": {"a": paths[0], "b": paths[1]}, **result}, separators=(",", ":")))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import shlex
+    import sys
+
+    if args.print_schema:
+        from edge_vlm.bench.schema import SCHEMA
+
+        print(json.dumps(SCHEMA, indent=2))
+        return 0
+    if args.subcommand:
+        return _subcommand(args.subcommand, args)
+
+    from edge_vlm.bench.runner import run_benchmark
+    from edge_vlm.bench.schema import validate
+
+    settings = _settings(args)
+    command = "edge-vlm " + shlex.join(sys.argv[1:])
+    report = run_benchmark(settings, command, progress=not args.quiet, profile_dir=args.profile)
+    validate(report)
+    _outputs(report, args, write_json=True)
+    return 0 if all(b.get("status") == "ok" for b in report["backends"]) else 1

@@ -1,0 +1,94 @@
+"""Target profiles: what a bundle for a CPU, a CUDA server or a Jetson Orin is built with.
+
+The profiles live here (so an installed package has them); export/targets/*.yaml show the same settings as files a
+user can copy and edit, and `--target path/to/file.yaml` loads such a file (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from edge_vlm.errors import EdgeVLMError
+
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+
+
+@dataclass
+class TargetProfile:
+    name: str
+    execution_provider: str  # the builder's -e: 'cpu' or 'cuda' (sets the decoder's op choices and I/O dtype)
+    default_precision: str
+    precisions: tuple[str, ...]  # decoder precisions this target runs well
+    vision_precision: str  # fp32 on CPU (no fast fp16 kernels), fp16 on GPUs
+    accuracy_level: int | None  # MatMulNBits: 4 = int8 activations (fast on CPU); None leaves the GPU kernels' default
+    block_size: int = 32
+    tensorrt: bool = False  # build the vision part as a TensorRT engine on the device
+    description: str = ""
+
+    def __post_init__(self):
+        self.precisions = tuple(self.precisions)
+        if self.execution_provider not in ("cpu", "cuda"):
+            raise EdgeVLMError(f"target {self.name}: execution_provider must be cpu or cuda")
+        for precision in (*self.precisions, self.default_precision, self.vision_precision):
+            if precision not in PRECISIONS:
+                raise EdgeVLMError(f"target {self.name}: unknown precision {precision!r}")
+        if self.default_precision not in self.precisions:
+            raise EdgeVLMError(f"target {self.name}: default precision {self.default_precision} is not in precisions")
+
+    @property
+    def gpu(self) -> bool:
+        return self.execution_provider == "cuda"
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["precisions"] = list(self.precisions)
+        return data
+
+
+TARGETS = {
+    "cpu": TargetProfile(
+        "cpu", "cpu", "int4", ("fp32", "int8", "int4"), "fp32", accuracy_level=4,
+        description="x86-64 / Arm CPUs with onnxruntime; decode speed is set by memory bandwidth, so INT4 by default",
+    ),
+    "cuda": TargetProfile(
+        "cuda", "cuda", "fp16", ("fp32", "fp16", "int8", "int4"), "fp16", accuracy_level=None,
+        description="NVIDIA GPUs (A100, H100, RTX) with onnxruntime-gpu; FP16 activations and KV cache",
+    ),
+    "jetson": TargetProfile(
+        "jetson-orin", "cuda", "int4", ("fp16", "int8", "int4"), "fp16", accuracy_level=None, tensorrt=True,
+        description="Jetson Orin (JetPack 6): onnxruntime-gpu from Jetson Zoo, the vision part on TensorRT, INT4 "
+                    "decoder to fit 8-16 GB of shared memory",
+    ),
+}
+TARGETS["jetson-orin"] = TARGETS["jetson"]
+TARGET_NAMES = ("cpu", "cuda", "jetson")
+
+
+def get_target(name_or_path: str) -> TargetProfile:
+    """A built-in profile by name (cpu, cuda, jetson / jetson-orin) or a YAML file with the same keys."""
+    if name_or_path in TARGETS:
+        return TARGETS[name_or_path]
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        return load_target_file(path)
+    raise EdgeVLMError(f"unknown target {name_or_path!r}: choose {', '.join(TARGET_NAMES)} or give a .yaml profile")
+
+
+def load_target_file(path: Path) -> TargetProfile:
+    import yaml
+
+    if not path.is_file():
+        raise EdgeVLMError(f"target profile not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise EdgeVLMError(f"cannot parse the target profile {path}: {exc}") from exc
+    known = {f.name for f in fields(TargetProfile)}
+    if not isinstance(data, dict) or not set(data) <= known or "name" not in data:
+        extra = sorted(set(data) - known) if isinstance(data, dict) else data
+        raise EdgeVLMError(f"{path} is not a target profile (unknown keys {extra}); see export/targets/cpu.yaml")
+    try:
+        return TargetProfile(**data)
+    except TypeError as exc:
+        raise EdgeVLMError(f"{path}: {exc}") from exc
