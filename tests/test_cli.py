@@ -62,3 +62,12 @@ def test_prompt_longer_than_the_context_is_refused(cli, tiny_checkpoint, image_f
     long_question = "word " * 700  # the tiny preset's context is 512 tokens
     result = cli("ask", "--model", str(tiny_checkpoint), "--image", str(image_files / "good.png"), long_question)
     assert result.returncode == 2 and "context" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_closed_pipe_is_not_an_error():
+    import subprocess
+    import sys
+
+    command = f"'{sys.executable}' -m edge_vlm.cli.main info --preset llava-phi-2 | head -c 1"
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr

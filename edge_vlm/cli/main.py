@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"edge-vlm {args.verb}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`edge-vlm ... | head`): stop quietly, as Unix tools do
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit; keep that from failing
+        return 141
 
 
 if __name__ == "__main__":
