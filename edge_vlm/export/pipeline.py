@@ -18,7 +18,7 @@ import gc
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -50,7 +50,6 @@ class ExportOptions:
     force: bool = False
     providers: list[str] | None = None  # for the gate's run of the bundle (None: automatic)
     threads: int | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def export_bundle(options: ExportOptions, log=print) -> Path:

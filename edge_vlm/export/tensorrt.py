@@ -41,7 +41,7 @@ def prepare_tensorrt(bundle_dir: Path, precision: str, samples, image_config, lo
             "the bundle records the engine settings and the engine is built on the target at first load")
         settings["engines"] = []
         return {"vision": settings}
-    trt, cudart = rt._modules()
+    trt, cudart = rt.trt_modules()
     key = rt.engine_key(settings["onnx_sha256"], precision, MAX_BATCH, rt.gpu_name(cudart), trt.__version__)
     rt.build_engine(onnx_path, bundle_dir / "trt" / key, precision, MAX_BATCH, calibration, log)
     settings["engines"] = [f"trt/{key}"]

@@ -23,7 +23,7 @@ from edge_vlm.errors import EdgeVLMError
 WORKSPACE_BYTES = 2 << 30
 
 
-def _modules():
+def trt_modules():
     """(tensorrt, cudart) or a MissingDependencyError that names what is missing."""
     from edge_vlm.deps import require
 
@@ -116,7 +116,7 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str = "fp16", ma
                  calibration: np.ndarray | None = None, log=print) -> Path:
     """Build a serialized engine for vision.onnx: FP16 (or INT8 with calibration pixels [n, 3, S, S]), one
     optimization profile for batch 1..max_batch, written atomically to `engine_path`."""
-    trt, cudart = _modules()
+    trt, cudart = trt_modules()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     major = int(trt.__version__.split(".")[0])
@@ -167,7 +167,7 @@ class TensorRTVision:
     """Runs the cached (or freshly built) vision engine on one CUDA stream."""
 
     def __init__(self, onnx_path: Path, settings: dict, log=print):
-        trt, cudart = _modules()
+        trt, cudart = trt_modules()
         self.trt, self.cudart = trt, cudart
         precision = settings.get("precision", "fp16")
         max_batch = int(settings.get("max_batch", 4))
@@ -205,7 +205,7 @@ class TensorRTVision:
                                           cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
             self.context.set_tensor_address(self.input_name, int(device_in))
             self.context.set_tensor_address(self.output_name, int(device_out))
-            if not self.context.execute_async_v3(self.stream):
+            if not self.context.execute_async_v3(int(self.stream)):
                 raise EdgeVLMError("TensorRT failed to run the vision engine")
             _check(cudart.cudaMemcpyAsync(output.ctypes.data, device_out, output.nbytes,
                                           cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream))
