@@ -36,7 +36,10 @@ def open_engine(args: argparse.Namespace):
         from edge_vlm.runtime import BundleEngine
 
         providers = args.providers.split(",") if args.providers else None
-        return BundleEngine.from_bundle(args.bundle, providers=providers, threads=args.threads)
+        engine = BundleEngine.from_bundle(args.bundle, providers=providers, threads=args.threads)
+        if getattr(engine, "random_weights", False):
+            print(f"note: {args.bundle} was exported from RANDOM weights; its answers are meaningless.", file=sys.stderr)
+        return engine
     from edge_vlm.model.checkpoint import check_checkpoint_dir, read_meta
     from edge_vlm.model.engine import TorchEngine
 
