@@ -78,7 +78,8 @@ def test_sigint_and_sigterm_stop_cleanly_and_flush_every_output(tiny_checkpoint,
         assert summary["signal"] == sig.name and summary["answers"] == len(rows)
         assert summary["random_weights"] is True and "RANDOM weights" in stderr
         frames = video_frames(out / "run.avi")
-        assert len(frames) >= 10 and frames[0].shape == (64, 96, 3)
+        # at least the answered frames (>= 4 answers, 2 prompts per frame); how many more depends on the machine's speed
+        assert len(frames) >= 2 and frames[0].shape == (64, 96, 3)
         assert not list(out.glob(".run.*"))  # no temporary recording left behind
         # the answers are drawn on the frames: the top band is darkened and has white text in it
         top = frames[-1][:12].astype(int)
