@@ -44,7 +44,8 @@ class BundleEngine:
         chosen = eps.choose(providers)
         options = eps.session_options(threads)
         self.vision = Vision(bundle.file("vision"), chosen["vision"], options, bundle.tensorrt.get("vision"))
-        self.decoder = Decoder(bundle.file("decoder"), chosen["decoder"], options, int(model["head_size"]))
+        self.decoder = Decoder(bundle.file("decoder"), chosen["decoder"], options, int(model["head_size"]),
+                               self.context_length)
         self.providers = {"vision": self.vision.providers, "decoder": self.decoder.providers}
         self.last_timings: dict[str, float] = {}
 
@@ -80,10 +81,12 @@ class BundleEngine:
             embeds[image_positions] = features
         return embeds[None]
 
-    def prefill(self, ids: list[int], features: np.ndarray | None = None,
-                cache: KVCache | None = None) -> tuple[np.ndarray, KVCache]:
-        """Run `ids` after `cache` (None: from an empty cache): (last-position logits, grown cache)."""
-        return self.decoder.forward(self.embed(ids, features), cache or self.decoder.empty_cache())
+    def prefill(self, ids: list[int], features: np.ndarray | None = None, cache: KVCache | None = None,
+                reserve: int = 0) -> tuple[np.ndarray, KVCache]:
+        """Run `ids` after `cache` (None: from an empty cache): (last-position logits, grown cache). `reserve`: the
+        total length the sequence will reach, so its KV buffers are allocated once (see Decoder.forward)."""
+        cache = cache or self.decoder.empty_cache()
+        return self.decoder.forward(self.embed(ids, features), cache, reserve=reserve)
 
     # ------------------------------------------------------------------------------------------ the Engine protocol
     def prepare_image(self, image: ImageInput) -> PreparedImage:
@@ -121,14 +124,16 @@ class BundleEngine:
                      config: GenerationConfig, features: np.ndarray | None = None) -> Iterator[int]:
         """Token ids of the answer to `ids` (after `cache`), without the EOS, one at a time."""
         start = time.perf_counter()
-        logits, cache = self.prefill(ids, features, cache)
+        past = cache.length if cache is not None else 0
+        logits, cache = self.prefill(ids, features, cache, reserve=past + len(ids) + max_new_tokens)
         self.last_timings = {"prefill_ms": (time.perf_counter() - start) * 1e3, "prompt_tokens": len(ids)}
         yield from self.decode(logits, cache, max_new_tokens, config)
 
     def decode(self, logits: np.ndarray, cache: KVCache, max_new_tokens: int,
                config: GenerationConfig) -> Iterator[int]:
         """Continue from a prefill's last logits and cache: sampled ids (EOS not yielded; it ends the answer when
-        config.stop_at_eos). `cache` is not modified, so the same prefill can start several answers."""
+        config.stop_at_eos). `cache` keeps its contents (new positions go after it, or into a copy), so the same
+        prefill can start several answers."""
         sampler = Sampler(config)
         start = time.perf_counter()
         produced = 0
