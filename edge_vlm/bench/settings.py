@@ -125,17 +125,9 @@ class BenchSettings:
 
 def load_scenario(path: str | Path) -> dict:
     """A scenario YAML file -> a dict of BenchSettings keys (unknown keys are an error that names them)."""
-    import yaml
+    from edge_vlm.configfile import read_yaml_mapping
 
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeVLMError(f"scenario file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise EdgeVLMError(f"cannot parse the scenario {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise EdgeVLMError(f"scenario {path} must be a mapping of settings, got {type(data).__name__}")
+    data = read_yaml_mapping(path, "scenario file")
     settings = data.get("settings", data)
     known = {f.name for f in fields(BenchSettings)}
     unknown = sorted(set(settings) - known)

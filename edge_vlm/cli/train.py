@@ -74,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
 
         with PartialState(cpu=not _cuda()).main_process_first():  # the others find it written
             ensure_world(**steps["synth"])
+    if "vision_pretrain" in steps:
+        plan[0] = _with_pretrained_vision(plan[0], steps["vision_pretrain"], args.config)
     for config in plan:
         label = config.name or config.stage
         final = Path(config.output_dir) / FINAL_DIR
@@ -94,6 +96,26 @@ def run(args: argparse.Namespace) -> int:
             options["limit"] = args.eval_limit
         _evaluate(Path(plan[-1].output_dir), options)
     return 0
+
+
+def _with_pretrained_vision(first, options: dict, source: str):
+    """Run the plan's vision_pretrain step (main process first; the others find it done) and return the first
+    stage's config starting from its checkpoint instead of from the bare preset."""
+    import dataclasses
+
+    from accelerate import PartialState
+
+    from edge_vlm.train.vision_pretrain import run_vision_pretrain
+
+    if first.init_from is not None:
+        from edge_vlm.errors import EdgeVLMError
+
+        raise EdgeVLMError(f"{source}: vision_pretrain builds the starting model from model_preset; the first stage "
+                           f"must not set init_from ({first.init_from})")
+    with PartialState(cpu=not _cuda()).main_process_first():
+        final = run_vision_pretrain(options, first, source)
+    return dataclasses.replace(first, init_from=str(final), model_preset=None, tokenizer=None,
+                               tokenizer_vocab_size=None, tokenizer_corpus=None)
 
 
 def _cuda() -> bool:

@@ -57,9 +57,9 @@ from edge_vlm.prompting import IMAGE_PLACEHOLDER
 
 __all__ = ["MovingScene", "moving_scene_frame", "write_world", "GENERATOR_VERSION"]
 
-GENERATOR_VERSION = 1  # bump when the same seed would give other files
+GENERATOR_VERSION = 2  # bump when the same seed would give other files
 PNG_COMPRESS_LEVEL = 1  # fast: a level-9 PNG is ~10% smaller and several times slower to write
-TURN_WEIGHTS = {1: 0.2, 2: 0.35, 3: 0.3, 4: 0.15}  # questions per stage-2 conversation
+TURN_WEIGHTS = {3: 0.1, 4: 0.2, 5: 0.3, 6: 0.25, 7: 0.15}  # questions per stage-2 conversation (at most one per type)
 IMAGE_TAG_LAST = 0.2  # share of first questions with `<image>` after the text, as in part of LLaVA-665K
 
 
@@ -183,7 +183,7 @@ def write_world(out: str | Path, seed: int = 0, train: int = 10_000, eval_size: 
                 command: str | None = None) -> dict:
     """Write the synthetic world to `out` (atomically) and return its manifest.
 
-    `train` pictures give one caption each (pretrain.json) and one 1-4 turn conversation each (finetune.json);
+    `train` pictures give one caption each (pretrain.json) and one conversation of 3-7 questions each (finetune.json);
     `text_only` text conversations (default train // 10) are added to finetune.json; `sft` ShareGPT conversations
     (default train // 5) go to sft.json; `eval_size` held-out single questions, cycling through the question types.
     """
@@ -236,7 +236,8 @@ def _write(root: Path, seed: int, train: int, eval_size: int, sft: int, text_onl
         _save_png(image, root / name)
         instruction = rng.choice(CAPTION_INSTRUCTIONS)
         pretrain_records.append({"id": f"cap-{index:06d}", "image": name,
-                                 "conversations": [_human(_with_image(instruction, rng)), _gpt(caption(scene))]})
+                                 "conversations": [_human(_with_image(instruction, rng)), _gpt(caption(scene))],
+                                 "scene": scene.to_dict()})  # what was drawn: labels for vision pretraining
         messages, types = _conversation(scene, rng, balancer)
         finetune_records.append({"id": f"conv-{index:06d}", "image": name, "conversations": messages,
                                  "question_types": types})

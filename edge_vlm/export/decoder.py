@@ -79,6 +79,12 @@ def write_phi_dir(model, checkpoint_dir: Path, out_dir: Path) -> Path:
     config = copy.deepcopy(model.config.text_config)
     config.architectures = ["PhiForCausalLM"]
     config.tie_word_embeddings = False
+    # The builder reads `config.partial_rotary_factor` and `config.rope_theta` as plain attributes. transformers 5.x
+    # keeps them in rope_parameters, and some 5.x releases (5.17) leave the attribute at PhiConfig's default 0.5: the
+    # builder then makes a 40-wide rotary cache for Phi-2 and ONNX Runtime rejects the graph. Write them explicitly.
+    rope = getattr(config, "rope_parameters", None) or {}
+    config.partial_rotary_factor = _partial_rotary_factor(config)
+    config.rope_theta = float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
     with torch.device("meta"):
         phi = PhiForCausalLM(config)
     phi.model = model.model.language_model  # the very same modules: nothing is copied
@@ -90,9 +96,20 @@ def write_phi_dir(model, checkpoint_dir: Path, out_dir: Path) -> Path:
         raise EdgeVLMError(f"internal: decoder tensors were not taken from the checkpoint: {stray[:3]}")
     out_dir.mkdir(parents=True, exist_ok=True)
     phi.save_pretrained(out_dir, safe_serialization=True, max_shard_size="2GB")
+    _check_rope_written(out_dir / "config.json", config.partial_rotary_factor)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy2(checkpoint_dir / name, out_dir / name)
     return out_dir
+
+
+def _check_rope_written(config_file: Path, factor: float) -> None:
+    """The written config.json must carry the rotary factor at its top level, where the builder looks."""
+    import json
+
+    written = json.loads(config_file.read_text()).get("partial_rotary_factor")
+    if written is None or abs(float(written) - factor) > 1e-6:
+        raise EdgeVLMError(f"{config_file} carries partial_rotary_factor {written}, not {factor}: this transformers "
+                           "version drops it, and the decoder would be built with the wrong rotary dim")
 
 
 def save_embeddings(model, path: Path, dtype: str = "float32") -> dict:

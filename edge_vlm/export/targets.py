@@ -76,17 +76,12 @@ def get_target(name_or_path: str) -> TargetProfile:
 
 
 def load_target_file(path: Path) -> TargetProfile:
-    import yaml
+    from edge_vlm.configfile import read_yaml_mapping
 
-    if not path.is_file():
-        raise EdgeVLMError(f"target profile not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise EdgeVLMError(f"cannot parse the target profile {path}: {exc}") from exc
+    data = read_yaml_mapping(path, "target profile")
     known = {f.name for f in fields(TargetProfile)}
-    if not isinstance(data, dict) or not set(data) <= known or "name" not in data:
-        extra = sorted(set(data) - known) if isinstance(data, dict) else data
+    if not set(data) <= known or "name" not in data:
+        extra = sorted(set(data) - known)
         raise EdgeVLMError(f"{path} is not a target profile (unknown keys {extra}); see export/targets/cpu.yaml")
     try:
         return TargetProfile(**data)

@@ -13,10 +13,11 @@ from pathlib import Path
 
 from edge_vlm.errors import EdgeVLMError
 
-# Shapes: head_dim 40 (200 / 5 heads) x partial_rotary_factor 0.4 = rotary dim 16 (onnxruntime-genai's attention
-# needs rotary_dim / 2 to be a multiple of 8, as Phi-2's 80 x 0.4 = 32 is); every Linear has in_features >= 64
-# (bitsandbytes' CPU 4-bit path). 84 px / 14 = 6 x 6 = 36 image tokens. The vocabulary is fitted to the tokenizer at
-# build time (a byte-level BPE trained on the world's text: ~650 entries -> 704 rows). ~2.7M parameters, ~11 MB fp32.
+# Shapes: head_dim 80 (160 / 2 heads) x partial_rotary_factor 0.4 = rotary dim 32, exactly Phi-2's attention geometry,
+# so the decoder goes through onnxruntime-genai's builder (GroupQueryAttention needs a head size that is a multiple of
+# 16 and rotary_dim / 2 a multiple of 8); every Linear has in_features >= 64 (bitsandbytes' CPU 4-bit path).
+# 84 px / 14 = 6 x 6 = 36 image tokens. The vocabulary is fitted to the tokenizer at build time (a byte-level BPE
+# trained on the world's text: ~650 entries -> 704 rows). ~2.0M parameters, ~8 MB fp32.
 BUILTIN_PRESET = {
     "vision": {
         "hidden_size": 96,
@@ -31,11 +32,11 @@ BUILTIN_PRESET = {
     },
     "text": {
         "vocab_size": 704,
-        "hidden_size": 200,
-        "intermediate_size": 800,
+        "hidden_size": 160,
+        "intermediate_size": 640,
         "num_hidden_layers": 4,
-        "num_attention_heads": 5,
-        "num_key_value_heads": 5,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
         "hidden_act": "gelu_new",
         "max_position_embeddings": 512,
         "layer_norm_eps": 1e-5,
@@ -52,17 +53,18 @@ BUILTIN_PRESET = {
 def ensure_world(out: str | Path, seed: int = 0, train: int = 10_000, eval_size: int = 1_400, image_size: int = 112,
                  **options) -> Path:
     """Write the synthetic world to `out` unless it is already there with the same seed and sizes."""
-    from edge_vlm.data.synth import write_world
+    from edge_vlm.data.synth import GENERATOR_VERSION, write_world
 
     out = Path(out)
     manifest_file = out / "world.json"
     if manifest_file.is_file():
         manifest = json.loads(manifest_file.read_text())
         counts = manifest.get("counts", {})
-        same = (manifest.get("seed"), manifest.get("image_size"), counts.get("train_images"), counts.get("eval")) == (
-            seed, image_size, train, eval_size)
+        same = (manifest.get("generator_version"), manifest.get("seed"), manifest.get("image_size"),
+                counts.get("train_images"), counts.get("eval")) == (GENERATOR_VERSION, seed, image_size, train, eval_size)
         if not same:
-            raise EdgeVLMError(f"{out} holds another synthetic world ({manifest.get('command')}); remove it or "
+            raise EdgeVLMError(f"{out} holds another synthetic world ({manifest.get('command')}, generator version "
+                               f"{manifest.get('generator_version')}); remove it or "
                                "point synth.out elsewhere")
         print(f"synthetic world: {out} (already written)")
         return out

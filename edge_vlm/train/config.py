@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from edge_vlm.configfile import read_yaml_mapping
 from edge_vlm.errors import EdgeVLMError
 
 STAGES = ("sft", "pretrain", "finetune")
@@ -44,7 +45,7 @@ DATA_FORMATS = ("auto", "llava", "sharegpt")
 # Phi's Linear layers (transformers names); LoRA goes on the language model's copies only (see edge_vlm.train.lora).
 PHI_LINEAR_NAMES = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
 # Top-level keys of a plan file that are steps around the stages, not stage keys (see plan_steps).
-PLAN_STEPS = ("synth", "evaluate")
+PLAN_STEPS = ("synth", "vision_pretrain", "evaluate")
 
 
 @dataclass
@@ -236,12 +237,7 @@ def load_plan(path: str | Path, overrides: list[str] | None = None) -> list[Trai
     path = Path(path)
     if not path.is_file():
         raise EdgeVLMError(f"config file not found: {path} (presets live in train/configs/)")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise EdgeVLMError(f"cannot parse {path}: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise EdgeVLMError(f"{path}: expected a mapping of keys at the top level")
+    raw = read_yaml_mapping(path, "config file")
     shared = {k: v for k, v in raw.items() if k not in ("stages", *PLAN_STEPS)}
     stage_dicts = raw.get("stages")
     if stage_dicts is None:
@@ -272,9 +268,10 @@ def load_plan(path: str | Path, overrides: list[str] | None = None) -> list[Trai
 
 def plan_steps(path: str | Path) -> dict:
     """A plan file's steps around its stages: `synth` (write the synthetic world first: keyword arguments of
-    edge_vlm.train.builtin.ensure_world) and `evaluate` ({eval_file, limit}: exact match per question type of the
-    last stage's final checkpoint)."""
-    raw = yaml.safe_load(Path(path).read_text()) or {}
+    edge_vlm.train.builtin.ensure_world), `vision_pretrain` (pretrain the from-scratch model's vision tower before the
+    first stage: edge_vlm.train.vision_pretrain.VisionPretrainConfig) and `evaluate` ({eval_file, limit}: exact match
+    per question type of the last stage's final checkpoint)."""
+    raw = read_yaml_mapping(path, "config file")
     steps = {k: raw[k] for k in PLAN_STEPS if raw.get(k) is not None}
     for key, value in steps.items():
         if not isinstance(value, dict):

@@ -3,6 +3,7 @@ lm_head bias, and shapes ONNX Runtime's attention cannot run are refused up fron
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -32,6 +33,10 @@ def test_phi_dir_reproduces_the_text_logits(model, exportable_tiny, tmp_path):
         np.testing.assert_allclose(phi(input_ids=ids).logits.numpy(), model(input_ids=ids).logits.numpy(), atol=1e-5)
     assert torch.equal(phi.lm_head.bias, model.lm_head.bias) and model.lm_head.bias.abs().sum() > 0
     assert phi.config.rope_parameters["partial_rotary_factor"] == pytest.approx(0.4)
+    # The builder reads the factor as a top-level attribute; transformers 5.17 sets that attribute to PhiConfig's
+    # back-compat default 0.5 unless config.json names it, so the file itself must carry it.
+    written = json.loads((tmp_path / "phi" / "config.json").read_text())
+    assert written["partial_rotary_factor"] == pytest.approx(0.4) and written["rope_theta"] == pytest.approx(10000.0)
 
 
 def test_builder_graph_carries_the_lm_head_bias(fp32_bundle, model, tmp_path):
