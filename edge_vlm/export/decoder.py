@@ -27,6 +27,8 @@ import numpy as np
 from edge_vlm.errors import EdgeVLMError
 
 BUILDER_MODULE = "onnxruntime_genai.models.builder"
+# Another module run as `python -m MODULE` with the builder's arguments (a patched or newer builder, or a test's stand-in).
+BUILDER_MODULE_ENV = "EDGE_VLM_GENAI_BUILDER"
 BUILDER_OPTIONS = ("exclude_embeds=true", "prune_lm_head=true")
 LM_HEAD_ADD = "/lm_head/Add"
 
@@ -123,10 +125,12 @@ def run_builder(phi_dir: Path, out_dir: Path, precision: str, execution_provider
     """Run onnxruntime-genai's builder in a subprocess; returns the path of the written model.onnx."""
     from edge_vlm.deps import require
 
-    require("onnxruntime_genai")
+    module = os.environ.get(BUILDER_MODULE_ENV) or BUILDER_MODULE
+    if module == BUILDER_MODULE:
+        require("onnxruntime_genai")
     cache_dir = out_dir.parent / (out_dir.name + ".cache")
     command = [
-        sys.executable, "-m", BUILDER_MODULE, "-i", str(phi_dir), "-o", str(out_dir), "-p", precision,
+        sys.executable, "-m", module, "-i", str(phi_dir), "-o", str(out_dir), "-p", precision,
         "-e", execution_provider, "-c", str(cache_dir), "--extra_options", *BUILDER_OPTIONS,
     ]
     # no model hub here; the builder's tqdm bars would fill the log with carriage returns

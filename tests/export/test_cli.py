@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -40,7 +41,10 @@ def test_interrupted_export_leaves_no_bundle(exportable_tiny, tmp_path):
     import psutil
 
     out = tmp_path / "bundle"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # A stand-in builder that sleeps: the real one can finish a tiny model before the signal arrives.
+    root = str(Path(__file__).resolve().parents[2])  # where `tests.export.sleepy_builder` is importable from
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "EDGE_VLM_GENAI_BUILDER": "tests.export.sleepy_builder",
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     process = subprocess.Popen(
         [sys.executable, "-m", "edge_vlm.cli.main", "export", "--model", str(exportable_tiny), "--out", str(out),
          "--precision", "fp32", "--val-samples", "2", "--val-max-new-tokens", "4"],
