@@ -49,6 +49,8 @@ def test_interrupted_export_leaves_no_bundle(exportable_tiny, tmp_path):
         [sys.executable, "-m", "edge_vlm.cli.main", "export", "--model", str(exportable_tiny), "--out", str(out),
          "--precision", "fp32", "--val-samples", "2", "--val-max-new-tokens", "4"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        # a shell's background job (CI started with `&`) ignores SIGINT, and its children inherit that: restore it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines = []
     for line in process.stdout:
