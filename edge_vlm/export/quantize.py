@@ -162,12 +162,7 @@ def _quantize_per_node(source: Path, target: Path, settings: QuantSettings, only
             del init.external_data[:]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
-        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
-    data_name = target.name + DATA_SUFFIX
-    (target.parent / data_name).unlink(missing_ok=True)
-    onnx.save_model(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data_name, size_threshold=1024)
+    _save_quantized(model, target)
     counts: dict[str, int] = {}
     for bits in bits_used.values():
         counts[f"int{bits}"] = counts.get(f"int{bits}", 0) + 1
@@ -183,6 +178,13 @@ def _gptq_body(source: Path, target: Path, settings: QuantSettings, calibration,
     model = onnx.load(str(source))
     gptq_model(model, calibration, settings.bits, settings.block_size, settings.symmetric, settings.accuracy_level,
                exclude={LM_HEAD_NODE}, progress=progress)
+    _save_quantized(model, target)
+
+
+def _save_quantized(model, target: Path) -> None:
+    """Write a decoder holding MatMulNBits (a com.microsoft op) with its weights in one external data file."""
+    import onnx
+
     if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     data_name = target.name + DATA_SUFFIX
