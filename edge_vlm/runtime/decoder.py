@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_vlm.errors import EdgeVLMError
-from edge_vlm.runtime.providers import device_of
+from edge_vlm.runtime.providers import device_of, open_session
 
 PAST_PREFIX = "past_key_values."
 PRESENT_PREFIX = "present."
@@ -87,13 +87,7 @@ class Decoder:
         import onnxruntime
 
         self.ort = onnxruntime
-        try:
-            self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
-        except Exception as exc:  # ORT raises its own exception types for a bad or truncated file
-            raise EdgeVLMError(
-                f"ONNX Runtime cannot load the decoder {path}: {exc}. The file may be truncated or damaged: "
-                "re-export the bundle"
-            ) from exc
+        self.session = open_session(path, options, providers, "decoder")
         self.providers = self.session.get_providers()
         self.device = device_of(self.providers)
         inputs = {i.name: i for i in self.session.get_inputs()}

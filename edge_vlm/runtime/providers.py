@@ -96,6 +96,19 @@ def session_options(threads: int | None = None):
     return options
 
 
+def open_session(path, options, providers: list[str], what: str):
+    """An InferenceSession of a bundle's ONNX file; a bad or truncated file is a one-line EdgeVLMError naming `what`."""
+    import onnxruntime
+
+    try:
+        return onnxruntime.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # ORT raises its own exception types for a bad or truncated file
+        raise EdgeVLMError(
+            f"ONNX Runtime cannot load the {what} {path}: {exc}. The file may be truncated or damaged: re-export the "
+            "bundle"
+        ) from exc
+
+
 def device_of(providers: list[str]) -> str:
     """Where tensors live between decoder steps: 'cuda' when the decoder runs on CUDA, else 'cpu'."""
     return "cuda" if providers and providers[0] == CUDA else "cpu"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_vlm.errors import EdgeVLMError
-from edge_vlm.runtime.providers import TENSORRT
+from edge_vlm.runtime.providers import TENSORRT, open_session
 
 
 class Vision:
@@ -24,15 +24,7 @@ class Vision:
             self.trt = TensorRTVision(self.path, tensorrt_settings or {})
             self.providers = [TENSORRT]
             return
-        import onnxruntime
-
-        try:
-            self.session = onnxruntime.InferenceSession(str(self.path), options, providers=providers)
-        except Exception as exc:  # ORT raises its own exception types for a bad or truncated file
-            raise EdgeVLMError(
-                f"ONNX Runtime cannot load the vision model {self.path}: {exc}. The file may be truncated or "
-                "damaged: re-export the bundle"
-            ) from exc
+        self.session = open_session(self.path, options, providers, "vision model")
         self.providers = self.session.get_providers()
         self.input_name = self.session.get_inputs()[0].name
 
