@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from edge_vlm.errors import EdgeVLMError
 from edge_vlm.imaging import ImageInput
-from edge_vlm.prompting import IMAGE_PLACEHOLDER, PHI2_SYSTEM
+from edge_vlm.prompting import IMAGE_PLACEHOLDER, PHI2_SYSTEM, inference_prompt
 
 # The prompt text shared by every first question about an image: cached once per image (see PreparedImage).
 IMAGE_PREFIX = f"{PHI2_SYSTEM} USER: {IMAGE_PLACEHOLDER}\n"
@@ -101,6 +101,20 @@ def check_question(question: str) -> str:
     if not isinstance(question, str) or not question.strip():
         raise EdgeVLMError("the question is empty")
     return question
+
+
+def prompt_ids(engine, prepared: PreparedImage | None, question: str, history, max_new_tokens: int
+               ) -> tuple[list[int], int]:
+    """The backends' common first step of `stream`: the whole prompt's token ids (question after `history`, about
+    `prepared`'s image) and how many new tokens fit in the context. `engine` needs `tokenizer`, `num_image_tokens`
+    and `context_length`. The prompt must start with the image's cached prefix, which the backend then reuses."""
+    check_question(question)
+    prompt = inference_prompt(question, history, has_image=prepared is not None)
+    ids = engine.tokenizer.encode_prompt(prompt, engine.num_image_tokens)
+    max_new = fit_new_tokens(len(ids), engine.context_length, max_new_tokens)
+    if prepared is not None and ids[: len(prepared.prefix_ids)] != prepared.prefix_ids:
+        raise EdgeVLMError("internal: the prompt does not start with the cached image prefix")
+    return ids, max_new
 
 
 def fit_new_tokens(prompt_len: int, context_length: int, max_new_tokens: int) -> int:

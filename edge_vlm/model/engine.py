@@ -13,10 +13,8 @@ import torch
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from edge_vlm.engine import IMAGE_PREFIX, GenerationConfig, PreparedImage, check_question, fit_new_tokens
-from edge_vlm.errors import EdgeVLMError
+from edge_vlm.engine import IMAGE_PREFIX, GenerationConfig, PreparedImage, prompt_ids
 from edge_vlm.imaging import ImageConfig, ImageInput, preprocess
-from edge_vlm.prompting import inference_prompt
 from edge_vlm.tokenizer import TextTokenizer, iter_text
 
 _DONE = object()
@@ -96,15 +94,10 @@ class TorchEngine:
 
     def stream(self, prepared: PreparedImage | None, question: str, history=None,
                config: GenerationConfig | None = None) -> Iterator[str]:
-        check_question(question)
         config = config or GenerationConfig()
-        prompt = inference_prompt(question, history, has_image=prepared is not None)
-        ids = self.tokenizer.encode_prompt(prompt, self.num_image_tokens)
-        max_new = fit_new_tokens(len(ids), self.context_length, config.max_new_tokens)
+        ids, max_new = prompt_ids(self, prepared, question, history, config.max_new_tokens)
         kwargs = {}
         if prepared is not None:
-            if ids[: len(prepared.prefix_ids)] != prepared.prefix_ids:
-                raise EdgeVLMError("internal: the prompt does not start with the cached image prefix")
             kwargs["cache"] = copy.deepcopy(prepared.prefix_cache)
         if config.seed is not None:
             torch.manual_seed(config.seed)

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_vlm.engine import IMAGE_PREFIX, GenerationConfig, PreparedImage, check_question, fit_new_tokens
+from edge_vlm.engine import IMAGE_PREFIX, GenerationConfig, PreparedImage, prompt_ids
 from edge_vlm.errors import EdgeVLMError
 from edge_vlm.imaging import ImageInput, preprocess
-from edge_vlm.prompting import inference_prompt
 from edge_vlm.runtime import providers as eps
 from edge_vlm.runtime.bundle import Bundle
 from edge_vlm.runtime.decoder import Decoder, KVCache
@@ -107,14 +106,9 @@ class BundleEngine:
 
     def stream(self, prepared: PreparedImage | None, question: str, history: list[tuple[str, str]] | None = None,
                config: GenerationConfig | None = None) -> Iterator[str]:
-        check_question(question)
         config = config or GenerationConfig()
-        prompt = inference_prompt(question, history, has_image=prepared is not None)
-        ids = self.tokenizer.encode_prompt(prompt, self.num_image_tokens)
-        max_new = fit_new_tokens(len(ids), self.context_length, config.max_new_tokens)
+        ids, max_new = prompt_ids(self, prepared, question, history, config.max_new_tokens)
         if prepared is not None:
-            if ids[: len(prepared.prefix_ids)] != prepared.prefix_ids:
-                raise EdgeVLMError("internal: the prompt does not start with the cached image prefix")
             rest, cache = ids[len(prepared.prefix_ids):], prepared.prefix_cache
         else:
             rest, cache = ids, None
