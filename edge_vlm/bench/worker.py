@@ -51,7 +51,7 @@ def run_query(backend, image, ids: list[int], new_tokens: int, meter=None) -> di
     features = backend.vision(pixels)
     backend.sync()
     after_vision = clock()
-    token, cache = backend.prefill(ids, features)
+    token, cache = backend.prefill(ids, features, reserve=len(ids) + new_tokens)
     backend.sync()
     after_prefill = clock()
     tokens, steps = [token], []

@@ -65,13 +65,15 @@ class BundleEngine:
         """[B, 3, S, S] float32 pixels -> [B, N, D] float32 projected features."""
         return self.vision(pixel_values)
 
-    def embed(self, ids: list[int], features: np.ndarray | None = None) -> np.ndarray:
-        """Token embeddings [1, len(ids), D], with the image positions replaced by `features` [N, D] in order."""
+    def embed(self, ids: list[int], features: np.ndarray | None = None, generated: bool = False) -> np.ndarray:
+        """Token embeddings [1, len(ids), D], with the image positions replaced by `features` [N, D] in order.
+        `generated`: ids the model produced itself; an <image> id among them keeps its own embedding row, as
+        transformers does while decoding (a random-weight model can produce it)."""
         if any(token < 0 or token >= self.embeddings.shape[0] for token in ids):
             raise EdgeVLMError(f"internal: a token id is outside the embedding table ({self.embeddings.shape[0]})")
         embeds = np.asarray(self.embeddings[np.asarray(ids, dtype=np.int64)], dtype=np.float32)
         image_positions = np.flatnonzero(np.asarray(ids) == self.tokenizer.image_token_id)
-        if image_positions.size:
+        if image_positions.size and not generated:
             if features is None or features.shape[0] != image_positions.size:
                 raise EdgeVLMError(
                     f"the prompt has {image_positions.size} image positions but "
@@ -141,7 +143,7 @@ class BundleEngine:
                 yield token
             if produced == max_new_tokens or cache.length >= self.context_length:
                 break
-            logits, cache = self.decoder.forward(self.embed([token]), cache)
+            logits, cache = self.decoder.forward(self.embed([token], generated=True), cache)
         self.last_timings.update({"decode_ms": (time.perf_counter() - start) * 1e3, "new_tokens": produced})
 
 

@@ -54,7 +54,7 @@ class BatchPlan:
     """
 
     def __init__(self, num_samples: int, global_batch: int, per_device: int, world_size: int, seed: int,
-                 drop_last: bool = False):
+                 drop_last: bool = False, lengths: list[int] | None = None):
         if num_samples <= 0:
             raise EdgeVLMError("the dataset is empty")
         if drop_last and num_samples < global_batch:
@@ -63,6 +63,9 @@ class BatchPlan:
         self.num_samples, self.global_batch, self.per_device = num_samples, global_batch, per_device
         self.world_size, self.seed, self.drop_last = world_size, seed, drop_last
         self.grad_accum = global_batch // (per_device * world_size)
+        if lengths is not None and len(lengths) != num_samples:
+            raise EdgeVLMError(f"{len(lengths)} lengths for {num_samples} samples")
+        self.lengths = lengths  # given: global batches of similar lengths (group_by_length)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -71,7 +74,22 @@ class BatchPlan:
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.num_samples, generator=generator)
+        if self.lengths is None:
+            return torch.randperm(self.num_samples, generator=generator)
+        return self._length_grouped_order(generator)
+
+    def _length_grouped_order(self, generator: torch.Generator) -> torch.Tensor:
+        """LLaVA's group_by_(modality_)length: transformers' grouping (a random permutation, cut into mega-batches of
+        50 global batches, each sorted by length), after which the full global batches are shuffled again, so that
+        long and short steps alternate at random instead of running from long to short within each mega-batch. The
+        last, incomplete batch stays last (drop_last and the step count mean the same as without grouping)."""
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        grouped = torch.tensor(get_length_grouped_indices(self.lengths, self.global_batch, generator=generator))
+        full = self.num_samples // self.global_batch
+        batches = grouped[:full * self.global_batch].view(full, self.global_batch)
+        shuffled = batches[torch.randperm(full, generator=generator)].flatten()
+        return torch.cat([shuffled, grouped[full * self.global_batch:]])
 
     def global_batch_indices(self, order: torch.Tensor, step: int) -> list[int]:
         return order[step * self.global_batch:(step + 1) * self.global_batch].tolist()

@@ -74,6 +74,9 @@ class TrainConfig:
     num_epochs: int = 1
     max_steps: int | None = None  # the run's length in optimizer steps, overriding num_epochs (the schedule too)
     drop_last: bool = False  # drop an epoch's last, incomplete global batch
+    # LLaVA's --group_by_modality_length: global batches of samples of similar token length, so less of each step is
+    # padding (the batches are padded to their longest sample); the batches' order stays random.
+    group_by_length: bool = False
     num_workers: int = 0
     # -- optimizer and schedule (the paper: AdamW betas (0.9, 0.98), eps 1e-7, weight decay 0.1)
     lr: float = 2e-5

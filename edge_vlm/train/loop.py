@@ -144,8 +144,9 @@ def train(config: TrainConfig, dataset=None, resume: bool | str | None = False, 
     # ---------------------------------------------------------------- data, optimizer, schedule
     if dataset is None:
         dataset = build_dataset(config, tokenizer, num_image_tokens, image_size, context, quiet=not main)
+    lengths = [dataset.length_estimate(i) for i in range(len(dataset))] if config.group_by_length else None
     plan = BatchPlan(len(dataset), config.global_batch_size, config.per_device_batch_size, world, config.seed,
-                     config.drop_last)
+                     config.drop_last, lengths)
     total_steps = config.max_steps or plan.steps_per_epoch * config.num_epochs
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, total_steps)

@@ -84,6 +84,19 @@ def test_prefill_logits_equal_pytorch(engines, image):
     np.testing.assert_allclose(logits, expected, atol=2e-4, rtol=0)
 
 
+def test_a_generated_image_token_keeps_its_own_embedding_row(engines):
+    """A random-weight model can generate <image>; decoding then embeds it as transformers does (its own row),
+    while an <image> in a prompt without image features is still refused."""
+    from edge_vlm.errors import EdgeVLMError
+
+    bundle, torch_engine = engines
+    image_id = bundle.tokenizer.image_token_id
+    with pytest.raises(EdgeVLMError, match="image positions"):
+        bundle.embed([image_id])
+    expected = torch_engine.model.get_input_embeddings().weight[image_id].detach().numpy()
+    np.testing.assert_allclose(bundle.embed([image_id], generated=True)[0, 0], expected, rtol=1e-3, atol=1e-4)
+
+
 def test_prefix_cache_is_not_modified_by_answers(engines, image):
     bundle, _ = engines
     prepared = bundle.prepare_image(image)

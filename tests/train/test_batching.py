@@ -48,3 +48,28 @@ def test_epochs_reshuffle_and_drop_last():
     assert BatchPlan(20, 8, 4, 1, 0, drop_last=True).steps_per_epoch == 2
     with pytest.raises(EdgeVLMError, match="no step would run"):
         BatchPlan(5, 8, 4, 1, 0, drop_last=True)
+
+
+def test_group_by_length_pads_less_and_keeps_each_epoch_a_permutation():
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(20, 300) for _ in range(403)]
+    grouped = BatchPlan(403, 16, 8, 1, seed=5, lengths=lengths)
+    plain = BatchPlan(403, 16, 8, 1, seed=5)
+
+    def padded(plan, order):  # tokens computed per epoch: every batch is padded to its longest sample
+        return sum(max(lengths[i] for i in plan.global_batch_indices(order, s)) * len(plan.global_batch_indices(
+            order, s)) for s in range(plan.steps_per_epoch))
+
+    order = grouped.epoch_order(0)
+    assert sorted(order.tolist()) == list(range(403))
+    assert order.tolist() == BatchPlan(403, 16, 4, 2, seed=5, lengths=lengths).epoch_order(0).tolist()
+    assert grouped.epoch_order(1).tolist() != order.tolist()
+    assert padded(grouped, order) < 0.8 * padded(plain, plain.epoch_order(0))
+    # the steps do not run from long to short: the batches' order is shuffled
+    longest = [max(lengths[i] for i in grouped.global_batch_indices(order, s)) for s in range(25)]
+    assert longest != sorted(longest, reverse=True)
+    assert len(grouped.global_batch_indices(order, 25)) == 403 - 25 * 16  # the short batch stays last
+    with pytest.raises(EdgeVLMError, match="lengths"):
+        BatchPlan(403, 16, 8, 1, seed=5, lengths=lengths[:-1])

@@ -51,12 +51,13 @@ class OrtBackend:
     def vision(self, pixels: np.ndarray) -> np.ndarray:
         return self.engine.image_features(pixels)[0]
 
-    def prefill(self, ids: list[int], features: np.ndarray):
-        logits, cache = self.engine.prefill(ids, features)
+    def prefill(self, ids: list[int], features: np.ndarray, reserve: int = 0):
+        """`reserve`: the length the query reaches, so the KV buffers are allocated once (as `edge-vlm ask` does)."""
+        logits, cache = self.engine.prefill(ids, features, reserve=reserve)
         return int(np.argmax(logits)), cache
 
     def decode(self, token: int, cache):
-        logits, cache = self.engine.decoder.forward(self.engine.embed([token]), cache)
+        logits, cache = self.engine.decoder.forward(self.engine.embed([token], generated=True), cache)
         return int(np.argmax(logits)), cache
 
     # ------------------------------------------------------------------------------------------------ reporting

@@ -138,7 +138,7 @@ class TorchBackend:
         return self.model.image_features(pixels)[0]
 
     @torch.inference_mode()
-    def prefill(self, ids: list[int], features):
+    def prefill(self, ids: list[int], features, reserve: int = 0):  # reserve: transformers' cache grows by itself
         ids_t = torch.tensor([ids], device=self.device)
         embeds = self.embed_tokens(ids_t)
         mask = (ids_t == self.image_token_id).unsqueeze(-1)
