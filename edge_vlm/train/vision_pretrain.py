@@ -7,14 +7,8 @@ picture: the language model then learns the answers' priors long before the pict
 ViT is pretrained on its own, supervised by the scene each picture was drawn from (edge-vlm data synth stores it with
 each caption): for each of the world's five slots, what is there (nothing, one of the shapes or a glyph), its colour,
 its size and its character. A linear head reads the features the projector will read (hidden_states[-2], CLS
-dropped), flattened in patch order, and is thrown away afterwards.
-
-With `patch_head: true` a second linear head, shared by all image tokens, also asks each token on its own which cell of
-the picture's 3 x 3 grid it lies in and what that cell holds. Why: the language model has no absolute positions (Phi's
-rotary embedding is relative), so "where is the red circle" is only answerable if each image token says where it is,
-as CLIP's features do; a linear probe on the picture head's tokens found the cell barely above chance (21% for 9
-cells) while their colour was 97% right. (A per-token head alone, at 9 image tokens and without the cell, was tried
-earlier: 39% exact match against 51% for the picture head at the same stage-2 budget.)
+dropped), flattened in patch order, and is thrown away afterwards. (Heads shared by all image tokens were tried too,
+and did worse; see train/README.md.)
 
 Run by a plan file's `vision_pretrain:` step (train/configs/builtin.yaml). The loop is plain PyTorch on one process:
 it takes ~1-2 minutes on 2 CPU cores for the built-in model, so a distributed engine would add nothing.
@@ -38,9 +32,6 @@ SIZE_NAMES = ("none", *SIZES)
 CHARS = ("none", *LETTERS, *DIGITS)
 # (attribute, number of classes) per slot, in the order of the head's logits.
 ATTRIBUTES = (("kind", len(KINDS)), ("color", len(COLOR_NAMES)), ("size", len(SIZE_NAMES)), ("char", len(CHARS)))
-GRID = 3  # the slots' centres (edge_vlm.data.scene.SLOTS) are the middles of a 3 x 3 grid's cells
-# The patch head's (attribute, number of classes) per image token: its own cell, then what that cell holds.
-PATCH_ATTRIBUTES = (("cell", GRID * GRID), *ATTRIBUTES)
 SETTINGS_FILE = "vision_pretrain.json"
 
 
@@ -56,7 +47,6 @@ class VisionPretrainConfig:
     warmup_steps: int = 25
     weight_decay: float = 0.1
     held_out: int = 500  # pictures kept out of training to report accuracy on
-    patch_head: bool = False  # also train each image token to tell its cell and that cell's content (see above)
     seed: int = 0
     num_threads: int | None = None
 
@@ -96,33 +86,7 @@ def scene_targets(scene: dict) -> list[int]:
     return kind + color + size + char
 
 
-def slot_cell(slot: str) -> int:
-    """The cell of the 3 x 3 grid (row-major) whose middle is the slot's centre."""
-    x, y = SLOTS[slot]
-    return int(y * GRID) * GRID + int(x * GRID)
-
-
-def patch_targets(scene: dict, grid: int) -> list[int]:
-    """Per image token of a grid x grid patch grid (row-major), [cell, kind, colour, size, char] of the cell the
-    patch's centre lies in, flattened token-major."""
-    held: dict[int, tuple[int, int, int, int]] = {}
-    for item in scene.get("shapes", []):
-        held[slot_cell(item["slot"])] = (KINDS.index(item["shape"]), COLOR_NAMES.index(item["color"]),
-                                         SIZE_NAMES.index(item["size"]), 0)
-    glyph = scene.get("glyph")
-    if glyph:
-        held[slot_cell(glyph["slot"])] = (KINDS.index("glyph"), 0, 0, CHARS.index(glyph["char"]))
-    targets = []
-    for token in range(grid * grid):
-        row, col = divmod(token, grid)
-        # the cell holding the patch's centre ((row + 0.5) / grid of the side)
-        cell = ((2 * row + 1) * GRID // (2 * grid)) * GRID + (2 * col + 1) * GRID // (2 * grid)
-        targets += [cell, *held.get(cell, (0, 0, 0, 0))]
-    return targets
-
-
-def _labelled_pictures(data_path: Path, patch_grid: int | None) -> list[tuple[str, list[int]]]:
-    """(image, targets) per picture: the picture head's, followed by the patch head's when patch_grid is given."""
+def _labelled_pictures(data_path: Path) -> list[tuple[str, list[int]]]:
     from edge_vlm.data.formats import read_llava_json
 
     pictures: dict[str, list[int]] = {}
@@ -132,58 +96,34 @@ def _labelled_pictures(data_path: Path, patch_grid: int | None) -> list[tuple[st
             raise EdgeVLMError(f"{data_path}: record {sample.id} has no `scene`; vision pretraining needs a world "
                                "written by this version of `edge-vlm data synth` (remove the world and run again)")
         try:
-            pictures[sample.image] = scene_targets(scene) + (patch_targets(scene, patch_grid) if patch_grid else [])
+            pictures[sample.image] = scene_targets(scene)
         except (KeyError, ValueError) as exc:
             raise EdgeVLMError(f"{data_path}: record {sample.id} has a scene this world does not know: {exc}") from exc
     return sorted(pictures.items())
 
 
-def image_tokens(vision_tower, pixel_values):
-    """What the projector reads (LLaVA's vision_feature_layer -2, CLS dropped): [B, N, D]."""
-    return vision_tower(pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:]
+def picture_features(vision_tower, pixel_values):
+    """What the projector reads (LLaVA's vision_feature_layer -2, CLS dropped), flattened in patch order: [B, N * D]."""
+    return vision_tower(pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:].flatten(1)
 
 
-def _attribute_loss(logits, targets, attributes):
-    """Cross-entropy summed over the attributes (each averaged over its positions), and per attribute the share of
-    rows with every position right. logits [B, P, sum of classes], targets [B, P * len(attributes)] laid out
-    attribute-major (the picture head: slot-major within each attribute)."""
+def _loss_and_accuracy(logits, targets):
+    """Cross-entropy summed over the 4 attributes (each averaged over the 5 slots), and per attribute the share of
+    pictures with all 5 slots right."""
     import torch.nn.functional as F
 
-    loss, accuracy, start = 0.0, {}, 0
-    positions = logits.shape[1]
-    for index, (name, classes) in enumerate(attributes):
-        part = logits[:, :, start:start + classes]
-        wanted = targets[:, index * positions:(index + 1) * positions]
+    loss = 0.0
+    accuracy = {}
+    slots = len(SLOT_NAMES)
+    per_slot = logits.view(logits.shape[0], slots, -1)
+    start = 0
+    for index, (name, classes) in enumerate(ATTRIBUTES):
+        part = per_slot[:, :, start:start + classes]
+        wanted = targets[:, index * slots:(index + 1) * slots]
         loss = loss + F.cross_entropy(part.reshape(-1, classes), wanted.reshape(-1))
         accuracy[name] = (part.argmax(-1) == wanted).all(1).float().mean().item()
         start += classes
     return loss, accuracy
-
-
-class _Heads:
-    """The throw-away heads: the picture head on the flattened tokens, and the optional patch head on each token."""
-
-    def __init__(self, hidden: int, tokens: int, patch_head: bool):
-        import torch
-
-        self.tokens = tokens
-        self.picture = torch.nn.Linear(hidden * tokens, len(SLOT_NAMES) * sum(n for _, n in ATTRIBUTES))
-        self.patch = torch.nn.Linear(hidden, sum(n for _, n in PATCH_ATTRIBUTES)) if patch_head else None
-
-    def modules(self):
-        return [m for m in (self.picture, self.patch) if m is not None]
-
-    def loss(self, features, targets):
-        picture_part = len(SLOT_NAMES) * len(ATTRIBUTES)
-        logits = self.picture(features.flatten(1)).view(features.shape[0], len(SLOT_NAMES), -1)
-        loss, accuracy = _attribute_loss(logits, targets[:, :picture_part], ATTRIBUTES)
-        if self.patch is not None:
-            # token-major [B, N * 5] -> attribute-major, as _attribute_loss reads it
-            wanted = targets[:, picture_part:].view(features.shape[0], self.tokens, -1).transpose(1, 2).flatten(1)
-            patch_loss, patch_accuracy = _attribute_loss(self.patch(features), wanted, PATCH_ATTRIBUTES)
-            loss = loss + patch_loss
-            accuracy.update({f"patch_{k}": v for k, v in patch_accuracy.items()})
-        return loss, accuracy
 
 
 def pretrain_vision(model, pictures: list[tuple[str, list[int]]], image_root: Path, image_config,
@@ -191,10 +131,8 @@ def pretrain_vision(model, pictures: list[tuple[str, list[int]]], image_root: Pa
     """Train `model`'s vision tower in place on (image path, targets) pairs; returns the held-out accuracy."""
     import torch
     from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
 
     from edge_vlm.imaging import preprocess
-    from edge_vlm.train.optim import decay_parameter_names
     from edge_vlm.train.records import MetricsLog
 
     rng = random.Random(config.seed)
@@ -211,13 +149,14 @@ def pretrain_vision(model, pictures: list[tuple[str, list[int]]], image_root: Pa
 
     vision = model.model.vision_tower
     torch.manual_seed(config.seed)
-    heads = _Heads(vision.config.hidden_size, model.num_image_tokens, config.patch_head)
-    trained = torch.nn.ModuleList([vision, *heads.modules()])
-    decay = decay_parameter_names(trained)  # the stages' rule: no weight decay on biases and LayerNorms
-    groups = [{"params": [p for n, p in trained.named_parameters() if n in decay], "weight_decay": config.weight_decay},
-              {"params": [p for n, p in trained.named_parameters() if n not in decay], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-7)
-    schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)  # as the stages' cosine
+    head = torch.nn.Linear(vision.config.hidden_size * model.num_image_tokens,
+                           len(SLOT_NAMES) * sum(n for _, n in ATTRIBUTES))
+    params = [*vision.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.98), eps=1e-7,
+                                  weight_decay=config.weight_decay)
+    # linear warm-up then cosine decay to 0 over the run, as the stages' `cosine` schedule
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _cosine(step, config.steps,
+                                                                                 config.warmup_steps))
     metrics = MetricsLog(out, resume_step=None)
     vision.train()
     started = time.perf_counter()
@@ -229,9 +168,9 @@ def pretrain_vision(model, pictures: list[tuple[str, list[int]]], image_root: Pa
             position = 0
         pixels, targets = load(train[position:position + config.batch_size])
         position += config.batch_size
-        loss, accuracy = heads.loss(image_tokens(vision, pixels), targets)
+        loss, accuracy = _loss_and_accuracy(head(picture_features(vision, pixels)), targets)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
@@ -246,16 +185,24 @@ def pretrain_vision(model, pictures: list[tuple[str, list[int]]], image_root: Pa
                     "held_out_pictures": len(held)}
     if held:
         with torch.no_grad():
-            right: dict[str, float] = {}
+            right = {name: 0.0 for name, _ in ATTRIBUTES}
             for start in range(0, len(held), 100):
                 pixels, targets = load(held[start:start + 100])
-                _, accuracy = heads.loss(image_tokens(vision, pixels), targets)
-                for name, value in accuracy.items():
-                    right[name] = right.get(name, 0.0) + value * pixels.shape[0]
+                _, accuracy = _loss_and_accuracy(head(picture_features(vision, pixels)), targets)
+                for name in right:
+                    right[name] += accuracy[name] * pixels.shape[0]
         result["held_out_accuracy"] = {name: round(value / len(held), 4) for name, value in right.items()}
-        log("vision pretrain: held-out pictures with every slot (patch_*: every token) right: "
+        log("vision pretrain: held-out pictures with all 5 slots right: "
             + ", ".join(f"{k} {v:.1%}" for k, v in result["held_out_accuracy"].items()))
     return result
+
+
+def _cosine(step: int, total: int, warmup: int) -> float:
+    import math
+
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
 def run_vision_pretrain(options: dict, start_config, source: str, log=print) -> Path:
@@ -289,9 +236,8 @@ def run_vision_pretrain(options: dict, start_config, source: str, log=print) -> 
         import torch
 
         torch.set_num_threads(config.num_threads)
+    pictures = _labelled_pictures(data_path)
     model, tokenizer, meta = load_start(start_config, log=log)
-    grid = round(model.num_image_tokens ** 0.5)
-    pictures = _labelled_pictures(data_path, grid if config.patch_head else None)
     image_config = ImageConfig(image_size=model.config.vision_config.image_size, aspect="square")
     result = pretrain_vision(model, pictures, data_path.parent, image_config, config, out, log=log)
     meta.source = (meta.source + "; " if meta.source else "") + "vision tower pretrained on the world's scenes"

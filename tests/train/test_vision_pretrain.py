@@ -8,16 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge_vlm.errors import EdgeVLMError
-from edge_vlm.train.vision_pretrain import (
-    CHARS,
-    COLOR_NAMES,
-    KINDS,
-    SIZE_NAMES,
-    patch_targets,
-    run_vision_pretrain,
-    scene_targets,
-    slot_cell,
-)
+from edge_vlm.train.vision_pretrain import CHARS, COLOR_NAMES, KINDS, SIZE_NAMES, run_vision_pretrain, scene_targets
 
 
 def test_scene_targets_by_hand():
@@ -31,28 +22,6 @@ def test_scene_targets_by_hand():
     char = [0, 0, CHARS.index("7"), 0, 0]
     assert scene_targets(scene) == kind + color + size + char
     assert (KINDS[0], COLOR_NAMES[0], SIZE_NAMES[0], CHARS[0]) == ("nothing", "none", "none", "none")
-
-
-def test_patch_targets_by_hand():
-    """Each token gets the 3 x 3 cell its centre lies in (row-major) and that cell's content."""
-    assert [slot_cell(s) for s in ("top", "left", "center", "right", "bottom")] == [1, 3, 4, 5, 7]
-    scene = {"shapes": [{"shape": "star", "color": "blue", "size": "large", "slot": "right"}],
-             "glyph": {"char": "7", "slot": "top"}}
-    star = [KINDS.index("star"), COLOR_NAMES.index("blue"), SIZE_NAMES.index("large"), 0]
-    glyph = [KINDS.index("glyph"), 0, 0, CHARS.index("7")]
-    empty = [0, 0, 0, 0]
-    six = patch_targets(scene, 6)  # 6 x 6 tokens: 2 x 2 per cell
-    assert len(six) == 36 * 5
-    token = {(row, col): six[(row * 6 + col) * 5:(row * 6 + col + 1) * 5] for row in range(6) for col in range(6)}
-    assert token[0, 0] == [0, *empty] and token[5, 5] == [8, *empty]
-    assert token[0, 2] == token[1, 3] == [1, *glyph]  # the top cell: rows 0-1, columns 2-3
-    assert token[2, 4] == token[3, 5] == [5, *star]  # the right cell: rows 2-3, columns 4-5
-    assert token[2, 2] == [4, *empty]
-    # 4 x 4 tokens (the tiny preset): patch centres at 1/8, 3/8, 5/8, 7/8 of the side -> cells 0, 1, 1, 2
-    four = patch_targets(scene, 4)
-    cells = [four[t * 5] for t in range(16)]
-    assert cells == [0, 1, 1, 2, 3, 4, 4, 5, 3, 4, 4, 5, 6, 7, 7, 8]
-    assert four[(1 * 4 + 3) * 5:(1 * 4 + 3) * 5 + 5] == [5, *star]
 
 
 @pytest.fixture(scope="module")
@@ -109,29 +78,10 @@ def test_a_preset_whose_shapes_changed_is_not_reused(small_world, tmp_path, monk
     options = {"data_path": str(small_world / "pretrain.json"), "output_dir": str(tmp_path / "vision"),
                "steps": 2, "batch_size": 8, "held_out": 8}
     run_vision_pretrain(options, start, "test")
-    wider = {**presets.PRESETS["tiny"], "text": {**presets.PRESETS["tiny"]["text"], "num_hidden_layers": 3}}
-    monkeypatch.setitem(presets.PRESETS, "tiny", wider)
+    deeper = {**presets.PRESETS["tiny"], "text": {**presets.PRESETS["tiny"]["text"], "num_hidden_layers": 3}}
+    monkeypatch.setitem(presets.PRESETS, "tiny", deeper)
     with pytest.raises(EdgeVLMError, match="other vision_pretrain settings"):
         run_vision_pretrain(options, start, "test")
-
-
-def test_the_patch_head_trains_the_tower_and_reports_per_token_accuracy(small_world, tmp_path):
-    import torch
-
-    from edge_vlm.model.checkpoint import load_checkpoint
-    from edge_vlm.train.modelsetup import load_start
-
-    start = _start_config(small_world, tmp_path)
-    untouched, _, _ = load_start(start, log=lambda *_: None)
-    options = {"data_path": str(small_world / "pretrain.json"), "output_dir": str(tmp_path / "vision"),
-               "steps": 4, "batch_size": 8, "held_out": 16, "lr": 3e-3, "patch_head": True}
-    trained, _, _ = load_checkpoint(run_vision_pretrain(options, start, "test"))
-    before = dict(untouched.named_parameters())
-    changed = {name for name, p in trained.named_parameters() if not torch.equal(p, before[name])}
-    assert changed and all(".vision_tower." in f".{name}" for name in changed)
-    record = json.loads((tmp_path / "vision" / "vision_pretrain.json").read_text())
-    assert set(record["result"]["held_out_accuracy"]) == {
-        "kind", "color", "size", "char", "patch_cell", "patch_kind", "patch_color", "patch_size", "patch_char"}
 
 
 def test_a_world_without_scenes_and_bad_keys_are_refused(small_world, tmp_path):
