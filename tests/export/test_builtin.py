@@ -23,8 +23,8 @@ def exports(tmp_path_factory):
     base = tmp_path_factory.mktemp("builtin")
     bundles = {}
     for precision in ("fp32", "int8", "int4"):  # default thresholds: a failing gate raises GateFailed here
-        bundles[precision] = export_bundle(ExportOptions(model=BUILTIN, out=base / precision, precision=precision,
-                                                         val_samples=32), log=print)
+        bundles[precision] = export_bundle(ExportOptions(model=BUILTIN, out=base / precision, precision=precision),
+                                           log=print)
     return bundles
 
 
