@@ -32,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     symmetric.add_argument("--asymmetric", dest="symmetric", action="store_false", default=None,
                            help="asymmetric quantization, a zero point per block (the default for gptq and hqq)")
     parser.add_argument("--val", help="validation data, LLaVA JSON like the eval split (default: synthetic world)")
-    parser.add_argument("--val-samples", type=int, default=64, help="validation samples for the gate (64: a 5%% accuracy-drop limit then tolerates 3 changed answers, not 0)")
+    parser.add_argument("--val-samples", type=int, default=64,
+                        help="validation samples for the gate (64: a 5%% accuracy-drop limit then tolerates 3 changed "
+                             "answers, not 0)")
     parser.add_argument("--val-max-new-tokens", type=int, default=16, help="answer length compared by the gate")
     parser.add_argument("--allow-degraded", action="store_true",
                         help="write a bundle that fails the gate, flagged as degraded in its manifest")

@@ -139,7 +139,7 @@ def bundle_figures(engine, samples: list[ExportSample], references: list[Referen
             logit_cos.append(_cosine(_centred(logits), _centred(ref.logits[position])))
             top1.append(int(np.argmax(logits)) == int(np.argmax(ref.logits[position])))
             if position + 1 < len(ref.answer_ids):
-                logits, cache = engine.decoder.forward(engine.embed([token], generated=True), cache)
+                logits, cache = engine.step(token, cache)
         answer = engine.tokenizer.decode(list(engine.decode(first_logits, prefix, max_new_tokens, greedy)))
         exact.append(answer.strip() == ref.answer_text.strip())
         if sample.answer is not None:

@@ -89,6 +89,11 @@ class BundleEngine:
         cache = cache or self.decoder.empty_cache()
         return self.decoder.forward(self.embed(ids, features), cache, reserve=reserve)
 
+    def step(self, token: int, cache: KVCache) -> tuple[np.ndarray, KVCache]:
+        """One decode step: the logits after `token`, a token the model produced (an <image> id keeps its own
+        embedding row, see embed), and the grown cache."""
+        return self.decoder.forward(self.embed([token], generated=True), cache)
+
     # ------------------------------------------------------------------------------------------ the Engine protocol
     def prepare_image(self, image: ImageInput) -> PreparedImage:
         start = time.perf_counter()
@@ -143,7 +148,7 @@ class BundleEngine:
                 yield token
             if produced == max_new_tokens or cache.length >= self.context_length:
                 break
-            logits, cache = self.decoder.forward(self.embed([token], generated=True), cache)
+            logits, cache = self.step(token, cache)
         self.last_timings.update({"decode_ms": (time.perf_counter() - start) * 1e3, "new_tokens": produced})
 
 

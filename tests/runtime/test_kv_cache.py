@@ -111,7 +111,7 @@ def _greedy_steps(engine, prepared, question):
     for _ in range(NEW_TOKENS):
         token = int(np.argmax(logits))
         yield token, logits
-        logits, cache = engine.decoder.forward(engine.embed([token]), cache)
+        logits, cache = engine.step(token, cache)
 
 
 def _check_against_pytorch(engine, torch_engine, image, question, steps):

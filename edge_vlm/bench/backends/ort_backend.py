@@ -1,6 +1,6 @@
 """The onnxruntime backend: a bundle run through the torch-free runtime (edge_vlm.runtime.BundleEngine).
 
-The stages use the engine's public building blocks (image_features, prefill, embed, decoder.forward), i.e. the
+The stages use the engine's public building blocks (image_features, prefill, step), i.e. the
 exact code `edge-vlm ask --bundle` runs. Nothing here imports torch: the worker's peak RSS is the runtime's.
 """
 
@@ -57,7 +57,7 @@ class OrtBackend:
         return int(np.argmax(logits)), cache
 
     def decode(self, token: int, cache):
-        logits, cache = self.engine.decoder.forward(self.engine.embed([token], generated=True), cache)
+        logits, cache = self.engine.step(token, cache)
         return int(np.argmax(logits)), cache
 
     # ------------------------------------------------------------------------------------------------ reporting
