@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from edge_vlm.errors import EdgeVLMError
-from edge_vlm.train.vision_pretrain import CHARS, COLOR_NAMES, KINDS, SIZE_NAMES, run_vision_pretrain, scene_targets
+from edge_vlm.train.vision_pretrain import (
+    CHARS,
+    COLOR_NAMES,
+    KINDS,
+    SIZE_NAMES,
+    SUMMARY,
+    run_vision_pretrain,
+    scene_targets,
+    summary_targets,
+)
 
 
 def test_scene_targets_by_hand():
@@ -22,6 +31,18 @@ def test_scene_targets_by_hand():
     char = [0, 0, CHARS.index("7"), 0, 0]
     assert scene_targets(scene) == kind + color + size + char
     assert (KINDS[0], COLOR_NAMES[0], SIZE_NAMES[0], CHARS[0]) == ("nothing", "none", "none", "none")
+
+
+def test_summary_targets_by_hand():
+    scene = {"shapes": [{"shape": "star", "color": "blue", "size": "large", "slot": "right"},
+                        {"shape": "star", "color": "red", "size": "small", "slot": "top"},
+                        {"shape": "cross", "color": "green", "size": "small", "slot": "left"}],
+             "glyph": {"char": "7", "slot": "center"}}
+    # colours red, green, blue, yellow, purple, orange -> their object's shape ("none" = 0, then the shapes in the
+    # order circle, square, triangle, star, cross); then the counts of circle, square, triangle, star, cross
+    assert summary_targets(scene) == [4, 5, 4, 0, 0, 0] + [0, 0, 0, 2, 1]
+    assert [name for name, _ in SUMMARY][:2] == ["shape_of_red", "shape_of_green"]
+    assert len(summary_targets({"shapes": [], "glyph": None})) == len(SUMMARY)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +81,7 @@ def test_pretraining_changes_only_the_vision_tower_and_is_reused(small_world, tm
     assert "vision tower pretrained" in meta.source
     record = json.loads((tmp_path / "vision" / "vision_pretrain.json").read_text())
     assert set(record["result"]["held_out_accuracy"]) == {"kind", "color", "size", "char"}
+    assert "acc_summary" not in json.loads((tmp_path / "vision" / "metrics.jsonl").read_text().splitlines()[0])
     assert len((tmp_path / "vision" / "metrics.jsonl").read_text().splitlines()) == 6
     # a second run with the same settings reuses it; other settings are refused, not silently reused
     stamp = (final / "model.safetensors").stat().st_mtime_ns
@@ -67,6 +89,30 @@ def test_pretraining_changes_only_the_vision_tower_and_is_reused(small_world, tm
     assert (final / "model.safetensors").stat().st_mtime_ns == stamp
     with pytest.raises(EdgeVLMError, match="other vision_pretrain settings"):
         run_vision_pretrain({**options, "steps": 7}, start, "test")
+
+
+def test_summary_tokens_are_the_corner_patches():
+    from edge_vlm.train.vision_pretrain import summary_token_indices
+
+    assert summary_token_indices("corners", 36) == [0, 5, 30, 35]
+    assert summary_token_indices("all", 4) == [0, 1, 2, 3]
+    with pytest.raises(EdgeVLMError, match="square grid"):
+        summary_token_indices("corners", 12)
+
+
+def test_summary_head_learns_the_scene_summary_from_each_token(small_world, tmp_path):
+    """With `summary_tokens`, each of the chosen image tokens alone must tell the scene summary: the loss falls as it trains and
+    its held-out accuracy is reported."""
+    start = _start_config(small_world, tmp_path)
+    options = {"data_path": str(small_world / "pretrain.json"), "output_dir": str(tmp_path / "vision"),
+               "steps": 40, "batch_size": 16, "held_out": 16, "lr": 3e-3, "summary_tokens": "corners"}
+    run_vision_pretrain(options, start, "test")
+    records = [json.loads(line) for line in (tmp_path / "vision" / "metrics.jsonl").read_text().splitlines()]
+    assert "summary" in json.loads((tmp_path / "vision" / "vision_pretrain.json").read_text())["result"][
+        "held_out_accuracy"]
+    first, last = records[0], records[-1]
+    assert last["loss"] < 0.7 * first["loss"], (first, last)
+    assert "acc_summary" in last
 
 
 def test_a_preset_whose_shapes_changed_is_not_reused(small_world, tmp_path, monkeypatch):
