@@ -9,7 +9,7 @@ import argparse
 import shlex
 import sys
 
-HELP = "Training data: write the synthetic world, or validate a LLaVA / ShareGPT file."
+HELP = "training data: write the synthetic world, or validate a LLaVA / ShareGPT file"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
