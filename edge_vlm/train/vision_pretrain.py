@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_vlm.data.questions import MAX_COUNT
 from edge_vlm.data.scene import COLORS, DIGITS, LETTERS, SHAPES, SIZES, SLOTS
 from edge_vlm.errors import EdgeVLMError
 
@@ -33,9 +34,8 @@ CHARS = ("none", *LETTERS, *DIGITS)
 # (attribute, number of classes) per slot, in the order of the head's logits.
 ATTRIBUTES = (("kind", len(KINDS)), ("color", len(COLOR_NAMES)), ("size", len(SIZE_NAMES)), ("char", len(CHARS)))
 # The scene summary (option `summary_tokens`): for each colour, the shape of the object in it (or none); for each
-# shape, how many there are (0 to MAX_COUNT).
+# shape, how many there are (0 to MAX_COUNT, the largest count the world's questions ask about).
 SHAPE_OR_NONE = ("none", *SHAPES)
-MAX_COUNT = 4
 SUMMARY = (*((f"shape_of_{color}", len(SHAPE_OR_NONE)) for color in COLORS),
            *((f"count_of_{shape}", MAX_COUNT + 1) for shape in SHAPES))
 SUMMARY_TOKENS = ("none", "corners", "all")
@@ -64,6 +64,10 @@ class VisionPretrainConfig:
     # questions about one object (position, colour) are lost, with either choice; not used by the shipped recipe
     # (train/README.md).
     summary_tokens: str = "none"
+
+    @property
+    def with_summary(self) -> bool:
+        return self.summary_tokens != "none"
 
     @classmethod
     def from_dict(cls, data: dict, source: str) -> VisionPretrainConfig:
@@ -205,13 +209,12 @@ def pretrain_vision(model, pictures: list[tuple[str, list[int]]], image_root: Pa
     torch.manual_seed(config.seed)
     head = torch.nn.Linear(vision.config.hidden_size * model.num_image_tokens,
                            len(SLOT_NAMES) * sum(n for _, n in ATTRIBUTES))
-    heads = [head]
-    with_summary = config.summary_tokens != "none"
+    params = [*vision.parameters(), *head.parameters()]
+    with_summary = config.with_summary
     if with_summary:  # created after `head`, so runs without it keep their exact random stream
         summary_head = torch.nn.Linear(vision.config.hidden_size, sum(n for _, n in SUMMARY))
-        heads.append(summary_head)
+        params += summary_head.parameters()
         summary_at = summary_token_indices(config.summary_tokens, model.num_image_tokens)
-    params = [*vision.parameters(), *(p for h in heads for p in h.parameters())]
     n_slot_targets = len(SLOT_NAMES) * len(ATTRIBUTES)
 
     def losses(pixels, targets):
@@ -264,7 +267,8 @@ def pretrain_vision(model, pictures: list[tuple[str, list[int]]], image_root: Pa
                 for name in right:
                     right[name] += accuracy[name] * pixels.shape[0]
         result["held_out_accuracy"] = {name: round(value / len(held), 4) for name, value in right.items()}
-        log("vision pretrain: held-out pictures with all 5 slots right (summary: image tokens with all of it right): "
+        log("vision pretrain: held-out pictures with all 5 slots right"
+            + (" (summary: image tokens with all of it right)" if with_summary else "") + ": "
             + ", ".join(f"{k} {v:.1%}" for k, v in result["held_out_accuracy"].items()))
     return result
 
@@ -308,7 +312,7 @@ def run_vision_pretrain(options: dict, start_config, source: str, log=print) -> 
         import torch
 
         torch.set_num_threads(config.num_threads)
-    pictures = _labelled_pictures(data_path, with_summary=config.summary_tokens != "none")
+    pictures = _labelled_pictures(data_path, with_summary=config.with_summary)
     model, tokenizer, meta = load_start(start_config, log=log)
     image_config = ImageConfig(image_size=model.config.vision_config.image_size, aspect="square")
     result = pretrain_vision(model, pictures, data_path.parent, image_config, config, out, log=log)

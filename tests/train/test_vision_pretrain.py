@@ -144,6 +144,9 @@ def test_a_world_without_scenes_and_bad_keys_are_refused(small_world, tmp_path):
         run_vision_pretrain({"data_path": str(old), "output_dir": str(tmp_path / "v"), "step": 3}, start, "plan.yaml")
     with pytest.raises(EdgeVLMError, match="needs"):
         run_vision_pretrain({"output_dir": str(tmp_path / "v")}, start, "plan.yaml")
+    with pytest.raises(EdgeVLMError, match="summary_tokens must be one of"):
+        run_vision_pretrain({"data_path": str(old), "output_dir": str(tmp_path / "v"), "summary_tokens": "corner"},
+                            start, "plan.yaml")
 
 
 def test_world_scenes_agree_with_their_captions(small_world):
