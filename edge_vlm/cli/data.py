@@ -26,12 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--text-only", type=int, default=None,
                        help="text-only conversations mixed into finetune.json (default train/10)")
     synth.add_argument("--image-size", type=int, default=112, help="picture side in pixels (default 112)")
-    synth.add_argument("--mc-hint", type=float, default=0.0,
-                       help="share of training multiple-choice questions that follow the same question asked for a "
-                            "short answer (default 0)")
-    synth.add_argument("--exist-pairs", type=float, default=0.0,
-                       help="share of training existence questions asked as a yes / no pair about one object "
-                            "(default 0)")
     synth.add_argument("--extra-questions", type=int, default=0,
                        help="questions added to every stage-2 conversation beyond its 3-7 (default 0)")
     synth.add_argument("--caption-counts", action="store_true",
@@ -70,8 +64,7 @@ def _synth(args: argparse.Namespace) -> int:
 
     command = "edge-vlm " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
     manifest = write_world(args.out, seed=args.seed, train=args.train, eval_size=args.eval_size, sft=args.sft,
-                           text_only=args.text_only, image_size=args.image_size, mc_hint=args.mc_hint,
-                           exist_pairs=args.exist_pairs, extra_questions=args.extra_questions,
+                           text_only=args.text_only, image_size=args.image_size, extra_questions=args.extra_questions,
                            caption_counts=args.caption_counts, force=args.force,
                            progress=not args.quiet, command=command)
     counts = manifest["counts"]

@@ -38,20 +38,6 @@ def ask_exist(scene: Scene, rng: random.Random, answer_yes: bool) -> tuple[str, 
     return f"Is there a {color} {shape} in the image?", "yes" if answer_yes else "no"
 
 
-def ask_exist_pair(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
-    """Two existence questions about one object, in random order: its own colour and shape ("yes"), and the same
-    with its colour or its shape changed to one that makes it absent ("no"): a contrast that only binding the colour
-    to the shape answers."""
-    target = rng.choice(scene.shapes)
-    changed = [(c, target.shape) for c in COLORS if not scene.has(c, target.shape)]
-    changed += [(target.color, s) for s in SHAPES if not scene.has(target.color, s)]
-    color, shape = rng.choice(changed)
-    pair = [(f"Is there a {target.color} {target.shape} in the image?", "yes"),
-            (f"Is there a {color} {shape} in the image?", "no")]
-    rng.shuffle(pair)
-    return pair
-
-
 def count_choices(scene: Scene) -> dict[str, int]:
     return {shape: scene.count(shape) for shape in SHAPES}
 
@@ -116,9 +102,8 @@ def _mc_base(scene: Scene, rng: random.Random, base: str) -> tuple[str, str, lis
     return question, answer, [str(n) for n in range(MAX_COUNT + 1) if str(n) != answer]
 
 
-def ask_mc_parts(scene: Scene, rng: random.Random, base: str | None = None) -> tuple[str, str, str, str] | None:
-    """(the multiple-choice prompt, its letter, the bare question, the correct option's text): a question with
-    2-4 options `\\nA. ...`, answered by the correct option's letter."""
+def ask_mc(scene: Scene, rng: random.Random, base: str | None = None) -> tuple[str, str] | None:
+    """A multiple-choice question with 2-4 options `\\nA. ...`, answered by the correct option's letter."""
     made = _mc_base(scene, rng, base or rng.choice(MC_BASES))
     if made is None:
         return None
@@ -127,13 +112,7 @@ def ask_mc_parts(scene: Scene, rng: random.Random, base: str | None = None) -> t
     options = [correct, *rng.sample(others, n_options - 1)]
     rng.shuffle(options)
     lines = "".join(f"\n{letter}. {option}" for letter, option in zip(string.ascii_uppercase, options))
-    return f"{question}{lines}{MULTIPLE_CHOICE_SUFFIX}", string.ascii_uppercase[options.index(correct)], question, correct
-
-
-def ask_mc(scene: Scene, rng: random.Random, base: str | None = None) -> tuple[str, str] | None:
-    """A multiple-choice question with 2-4 options `\\nA. ...`, answered by the correct option's letter."""
-    made = ask_mc_parts(scene, rng, base)
-    return made[:2] if made else None
+    return f"{question}{lines}{MULTIPLE_CHOICE_SUFFIX}", string.ascii_uppercase[options.index(correct)]
 
 
 def ask(scene: Scene, rng: random.Random, question_type: str, **options) -> tuple[str, str] | None:

@@ -32,10 +32,7 @@ from edge_vlm.data.questions import (
     MC_BASES,
     QUESTION_TYPES,
     TEXT_ONLY_TYPES,
-    SHORT_ANSWER_SUFFIX,
     ask,
-    ask_exist_pair,
-    ask_mc_parts,
     ask_text_only,
     caption,
     supports,
@@ -106,31 +103,20 @@ class _Balancer:
         return {"answer_yes": self.exist_asked % 2 == 1}
 
 
-def _conversation(scene: Scene, rng: random.Random, balancer: _Balancer, mc_hint: float = 0.0,
-                  exist_pairs: float = 0.0, extra_questions: int = 0) -> tuple[list[dict], list[str]]:
+def _conversation(scene: Scene, rng: random.Random, balancer: _Balancer,
+                  extra_questions: int = 0) -> tuple[list[dict], list[str]]:
     """A multi-turn stage-2 conversation about one picture (no question asked twice).
 
     `extra_questions` lengthens it beyond the 3-7 questions: once every type has been asked, the types are asked
     again about other objects. More questions share one picture and one system prompt, so a training step
-    supervises more answers for the same number of tokens.
-
-    With probability `mc_hint` a multiple-choice question comes right after the same question asked for a short
-    answer (type "mc_hint"): the option to pick is then written in the conversation, which teaches the model to
-    match an answer to an option's letter before it must do so from the picture alone. With probability
-    `exist_pairs` an existence question comes as a yes / no pair about one object (questions.ask_exist_pair)."""
+    supervises more answers for the same number of tokens."""
     n_turns = rng.choices(list(TURN_WEIGHTS), weights=list(TURN_WEIGHTS.values()))[0] + extra_questions
     messages: list[dict] = []
     types: list[str] = []
     taken: set[str] = set()
-
-    def add(question: str, answer: str, question_type: str) -> None:
-        messages.extend([_human(_with_image(question, rng) if not messages else question), _gpt(answer)])
-        types.append(question_type)
-        asked_before.add(question)
-
-    asked_before: set[str] = set()
-    asked = rounds = 0
-    while asked < n_turns:
+    asked: set[str] = set()
+    rounds = 0
+    while len(types) < n_turns:
         question_type = balancer.pick(rng, scene, taken)
         if question_type is None:
             if not extra_questions or rounds == 2:
@@ -138,27 +124,14 @@ def _conversation(scene: Scene, rng: random.Random, balancer: _Balancer, mc_hint
             taken, rounds = set(), rounds + 1
             continue
         taken.add(question_type)
-        if rounds:  # a second round: the types again, without hints or pairs, never a question already asked
-            made = ask(scene, rng, question_type, **balancer.options(question_type))
-            if made is None or made[0] in asked_before:
-                continue
-        elif question_type == "exist" and exist_pairs > 0 and rng.random() < exist_pairs:
-            (question, answer), made = ask_exist_pair(scene, rng)
-            add(question + SHORT_ANSWER_SUFFIX, answer, "exist")
-            balancer.counts["exist"] += 1
-            made = made[0] + SHORT_ANSWER_SUFFIX, made[1]
-        elif question_type == "mc" and mc_hint > 0 and rng.random() < mc_hint:
-            parts = ask_mc_parts(scene, rng)
-            made = parts[:2] if parts else None
-            if parts:
-                add(parts[2] + SHORT_ANSWER_SUFFIX, parts[3], "mc_hint")
-        else:
-            made = ask(scene, rng, question_type, **balancer.options(question_type))
-        if made is None:
+        made = ask(scene, rng, question_type, **balancer.options(question_type))
+        if made is None or made[0] in asked:  # a later round never repeats a question
             continue
         balancer.counts[question_type] += 1
-        add(*made, question_type)
-        asked += 1
+        question, answer = made
+        messages += [_human(_with_image(question, rng) if not messages else question), _gpt(answer)]
+        types.append(question_type)
+        asked.add(question)
     return messages, types
 
 
@@ -217,22 +190,17 @@ def _publish(tmp: Path, out: Path) -> None:
 
 def write_world(out: str | Path, seed: int = 0, train: int = 10_000, eval_size: int = 1_400,
                 sft: int | None = None, text_only: int | None = None, image_size: int = 112,
-                spec: WorldSpec | None = None, mc_hint: float = 0.0, exist_pairs: float = 0.0,
-                extra_questions: int = 0, caption_counts: bool = False, force: bool = False, progress: bool = True,
+                spec: WorldSpec | None = None, extra_questions: int = 0, caption_counts: bool = False,
+                force: bool = False, progress: bool = True,
                 command: str | None = None) -> dict:
     """Write the synthetic world to `out` (atomically) and return its manifest.
 
     `train` pictures give one caption each (pretrain.json) and one conversation of 3-7 questions each (finetune.json);
     `text_only` text conversations (default train // 10) are added to finetune.json; `sft` ShareGPT conversations
     (default train // 5) go to sft.json; `eval_size` held-out single questions, cycling through the question types.
-    `mc_hint`: the share of training multiple-choice questions preceded by the same question for a short answer
-    (see _conversation; the eval split never has one); `exist_pairs`: the share of training existence questions
-    asked as a yes / no pair about one object; `extra_questions`: questions added to every conversation;
+    `extra_questions`: questions added to every stage-2 conversation (see _conversation);
     `caption_counts`: stage-1 captions end with the count of every shape (questions.caption).
     """
-    for name, value in (("mc_hint", mc_hint), ("exist_pairs", exist_pairs)):
-        if not 0.0 <= value <= 1.0:
-            raise EdgeVLMError(f"{name} is a probability, got {value}")
     if extra_questions < 0:
         raise EdgeVLMError(f"extra_questions must be >= 0, got {extra_questions}")
     if train < 1 or eval_size < 0 or image_size < 32:
@@ -247,12 +215,10 @@ def write_world(out: str | Path, seed: int = 0, train: int = 10_000, eval_size: 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         manifest = _write(tmp, seed, train, eval_size, sft, text_only, image_size, spec,
-                          {"mc_hint": mc_hint, "exist_pairs": exist_pairs, "extra_questions": extra_questions},
-                          caption_counts, progress)
+                          extra_questions, caption_counts, progress)
         manifest["command"] = command or (f"edge-vlm data synth --out {out} --seed {seed} --train {train} "
                                           f"--eval {eval_size} --sft {sft} --text-only {text_only} "
-                                          f"--image-size {image_size}" + (f" --mc-hint {mc_hint}" if mc_hint else "")
-                                          + (f" --exist-pairs {exist_pairs}" if exist_pairs else "")
+                                          f"--image-size {image_size}"
                                           + (f" --extra-questions {extra_questions}" if extra_questions else "")
                                           + (" --caption-counts" if caption_counts else ""))
         _dump(tmp / "world.json", manifest, indent=2)
@@ -272,7 +238,7 @@ def _dump(path: Path, data, indent: int | None = None) -> None:
 
 
 def _write(root: Path, seed: int, train: int, eval_size: int, sft: int, text_only: int, image_size: int,
-           spec: WorldSpec, conversation_options: dict, caption_counts: bool, progress: bool) -> dict:
+           spec: WorldSpec, extra_questions: int, caption_counts: bool, progress: bool) -> dict:
     images = root / "images"
     images.mkdir()
     pretrain_records, finetune_records = [], []
@@ -291,7 +257,7 @@ def _write(root: Path, seed: int, train: int, eval_size: int, sft: int, text_onl
         pretrain_records.append({"id": f"cap-{index:06d}", "image": name,
                                  "conversations": [_human(_with_image(instruction, rng)), _gpt(caption(scene, caption_counts))],
                                  "scene": scene.to_dict()})  # what was drawn: labels for vision pretraining
-        messages, types = _conversation(scene, rng, balancer, **conversation_options)
+        messages, types = _conversation(scene, rng, balancer, extra_questions)
         finetune_records.append({"id": f"conv-{index:06d}", "image": name, "conversations": messages,
                                  "question_types": types})
     text_counts: Counter = Counter()
@@ -346,7 +312,7 @@ def _write(root: Path, seed: int, train: int, eval_size: int, sft: int, text_onl
         "generator_version": GENERATOR_VERSION,
         "seed": seed,
         "image_size": image_size,
-        **conversation_options,
+        "extra_questions": extra_questions,
         "caption_counts": caption_counts,
         "font": font_name(),
         "counts": {

@@ -51,8 +51,7 @@ BUILTIN_PRESET = {
 
 
 def ensure_world(out: str | Path, seed: int = 0, train: int = 10_000, eval_size: int = 1_400, image_size: int = 112,
-                 mc_hint: float = 0.0, exist_pairs: float = 0.0, extra_questions: int = 0,
-                 caption_counts: bool = False, **options) -> Path:
+                 extra_questions: int = 0, caption_counts: bool = False, **options) -> Path:
     """Write the synthetic world to `out` unless it is already there with the same seed and sizes."""
     from edge_vlm.data.synth import GENERATOR_VERSION, write_world
 
@@ -62,18 +61,17 @@ def ensure_world(out: str | Path, seed: int = 0, train: int = 10_000, eval_size:
         manifest = json.loads(manifest_file.read_text())
         counts = manifest.get("counts", {})
         same = (manifest.get("generator_version"), manifest.get("seed"), manifest.get("image_size"),
-                counts.get("train_images"), counts.get("eval"), manifest.get("mc_hint", 0.0),
-                manifest.get("exist_pairs", 0.0), manifest.get("extra_questions", 0),
+                counts.get("train_images"), counts.get("eval"), manifest.get("extra_questions", 0),
                 manifest.get("caption_counts", False)) == (GENERATOR_VERSION, seed, image_size, train, eval_size,
-                                                           mc_hint, exist_pairs, extra_questions, caption_counts)
+                                                           extra_questions, caption_counts)
         if not same:
             raise EdgeVLMError(f"{out} holds another synthetic world ({manifest.get('command')}, generator version "
                                f"{manifest.get('generator_version')}); remove it or "
                                "point synth.out elsewhere")
         print(f"synthetic world: {out} (already written)")
         return out
-    write_world(out, seed=seed, train=train, eval_size=eval_size, image_size=image_size, mc_hint=mc_hint,
-                exist_pairs=exist_pairs, extra_questions=extra_questions, caption_counts=caption_counts, **options)
+    write_world(out, seed=seed, train=train, eval_size=eval_size, image_size=image_size,
+                extra_questions=extra_questions, caption_counts=caption_counts, **options)
     return out
 
 

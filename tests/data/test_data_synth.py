@@ -229,45 +229,6 @@ def test_caption_counts_agree_with_its_own_list_and_the_count_answers(tmp_path, 
     assert checked > 20
 
 
-def test_mc_hint_and_exist_pairs(tmp_path, world):
-    """With mc_hint=1 every training multiple-choice question follows its short-answer form, whose answer is the
-    text of the option the letter names; with exist_pairs=1 existence questions come as a yes and a no that differ
-    in one word. Without them (the fixture) there is neither."""
-    hinted = tmp_path / "hinted"
-    write_world(hinted, seed=7, train=60, eval_size=14, sft=2, text_only=2, mc_hint=1.0, exist_pairs=1.0,
-                progress=False)
-    manifest = json.loads((hinted / "world.json").read_text())
-    assert manifest["mc_hint"] == manifest["exist_pairs"] == 1.0
-    mc = pairs = 0
-    for record in json.loads((hinted / "finetune.json").read_text()):
-        turns = list(zip(record["conversations"][0::2], record["conversations"][1::2], record.get("question_types", [])))
-        exist = [(q["value"].replace("<image>", "").strip().split("\n")[0], a["value"])
-                 for q, a, kind in turns if kind == "exist"]
-        if exist:
-            assert len(exist) == 2 and sorted(a for _, a in exist) == ["no", "yes"]
-            words = [q.split() for q, _ in exist]
-            assert sum(x != y for x, y in zip(*words)) == 1, exist
-            pairs += 1
-        for index, (question, answer, kind) in enumerate(turns):
-            if kind != "mc":
-                continue
-            mc += 1
-            hint_question, hint_answer, hint_kind = turns[index - 1]
-            assert index > 0 and hint_kind == "mc_hint"
-            first_line, *rest = question["value"].split("\n")
-            hint_text = hint_question["value"].replace("<image>\n", "").replace("\n<image>", "")
-            assert hint_text == first_line + SHORT_ANSWER_SUFFIX
-            options = dict(re.findall(r"^([A-D])\. (.+)$", question["value"], flags=re.M))
-            assert options[answer["value"]] == hint_answer["value"]
-    assert mc > 10 and pairs > 10
-    plain = json.loads((world / "finetune.json").read_text())
-    assert not any("mc_hint" in r.get("question_types", []) for r in plain)
-    assert all(r.get("question_types", []).count("exist") <= 1 for r in plain)
-    for bad in ({"mc_hint": 1.5}, {"exist_pairs": -0.1}):
-        with pytest.raises(EdgeVLMError, match="probability"):
-            write_world(tmp_path / "bad", train=2, eval_size=1, progress=False, **bad)
-
-
 def test_extra_questions_lengthen_conversations_without_repeats(tmp_path, world):
     longer = tmp_path / "longer"
     write_world(longer, seed=7, train=60, eval_size=7, sft=2, text_only=2, extra_questions=4, progress=False)

@@ -106,7 +106,7 @@ def test_batched_evaluation_answers_as_the_engine_does(tmp_path):
 
 
 def test_a_plan_refuses_a_world_written_with_other_settings(tmp_path):
-    """ensure_world reuses a world only when it was written with the same settings, mc_hint included."""
+    """ensure_world reuses a world only when it was written with the same settings, the teaching aids included."""
     from edge_vlm.errors import EdgeVLMError
     from edge_vlm.train.builtin import ensure_world
 
@@ -115,8 +115,7 @@ def test_a_plan_refuses_a_world_written_with_other_settings(tmp_path):
     before = (out / "finetune.json").read_bytes()
     assert ensure_world(out, seed=3, train=4, eval_size=7, image_size=64) == out
     assert (out / "finetune.json").read_bytes() == before
-    for other in ({"seed": 4}, {"mc_hint": 0.5}, {"exist_pairs": 0.5}, {"extra_questions": 2},
-                  {"caption_counts": True}, {"train": 5}):
+    for other in ({"seed": 4}, {"extra_questions": 2}, {"caption_counts": True}, {"train": 5}):
         settings = {"seed": 3, "train": 4, "eval_size": 7, "image_size": 64, **other}
         with pytest.raises(EdgeVLMError, match="another synthetic world"):
             ensure_world(out, **settings)
