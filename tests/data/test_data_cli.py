@@ -19,6 +19,18 @@ def test_synth_writes_a_world(cli, tmp_path):
         assert json.loads((out / name).read_text())
     with_image = json.loads((out / "eval.json").read_text())[0]["image"]
     assert (out / with_image).is_file()
+    assert manifest["extra_questions"] == 0 and manifest["caption_counts"] is False
+
+
+def test_synth_passes_the_teaching_aids(cli, tmp_path):
+    out = tmp_path / "world"
+    result = cli("data", "synth", "--out", str(out), "--train", "4", "--eval", "7", "--image-size", "64",
+                 "--extra-questions", "2", "--caption-counts", "--quiet")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "world.json").read_text())
+    assert manifest["extra_questions"] == 2 and manifest["caption_counts"] is True
+    assert "--extra-questions 2" in manifest["command"] and "--caption-counts" in manifest["command"]
+    assert all("Circles: " in r["conversations"][1]["value"] for r in json.loads((out / "pretrain.json").read_text()))
 
 
 def test_synth_refuses_a_file_and_a_full_directory(cli, tmp_path):
