@@ -35,10 +35,15 @@ class LlavaPhiForConditionalGeneration(LlavaForConditionalGeneration):
     def num_image_tokens(self) -> int:
         return num_image_tokens(self.config.vision_config.to_dict())
 
-    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """pixel_values [B,3,S,S] -> projected image features [B, N, hidden] (hidden state -2, CLS dropped)."""
+    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values [B,3,S,S] -> what the projector reads [B, N, vision hidden]: the vision tower's hidden state
+        `vision_feature_layer` (LLaVA's -2), CLS dropped, in patch order."""
         hidden = self.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
-        return self.model.multi_modal_projector(hidden[self.config.vision_feature_layer][:, 1:])
+        return hidden[self.config.vision_feature_layer][:, 1:]
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values [B,3,S,S] -> projected image features [B, N, hidden]."""
+        return self.model.multi_modal_projector(self.vision_features(pixel_values))
 
 
 def make_config(preset: str | dict = "llava-phi-2", image_token_id: int | None = None, vocab_size: int | None = None,

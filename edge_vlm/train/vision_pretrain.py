@@ -210,17 +210,16 @@ def pretrain_vision(model, pictures: list[tuple[str, list[int]]], image_root: Pa
     head = torch.nn.Linear(vision.config.hidden_size * model.num_image_tokens,
                            len(SLOT_NAMES) * sum(n for _, n in ATTRIBUTES))
     params = [*vision.parameters(), *head.parameters()]
-    with_summary = config.with_summary
-    if with_summary:  # created after `head`, so runs without it keep their exact random stream
+    if config.with_summary:  # created after `head`, so runs without it keep their exact random stream
         summary_head = torch.nn.Linear(vision.config.hidden_size, sum(n for _, n in SUMMARY))
         params += summary_head.parameters()
         summary_at = summary_token_indices(config.summary_tokens, model.num_image_tokens)
     n_slot_targets = len(SLOT_NAMES) * len(ATTRIBUTES)
 
     def losses(pixels, targets):
-        features = vision(pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
+        features = model.vision_features(pixels)
         loss, accuracy = _loss_and_accuracy(head(features.flatten(1)), targets[:, :n_slot_targets])
-        if with_summary:
+        if config.with_summary:
             extra, accuracy["summary"] = _summary_loss_and_accuracy(summary_head(features[:, summary_at]),
                                                                    targets[:, n_slot_targets:])
             loss = loss + extra
@@ -259,7 +258,7 @@ def pretrain_vision(model, pictures: list[tuple[str, list[int]]], image_root: Pa
     if held:
         with torch.no_grad():
             right = {name: 0.0 for name, _ in ATTRIBUTES}
-            if with_summary:
+            if config.with_summary:
                 right["summary"] = 0.0
             for start in range(0, len(held), 100):
                 pixels, targets = load(held[start:start + 100])
@@ -268,7 +267,7 @@ def pretrain_vision(model, pictures: list[tuple[str, list[int]]], image_root: Pa
                     right[name] += accuracy[name] * pixels.shape[0]
         result["held_out_accuracy"] = {name: round(value / len(held), 4) for name, value in right.items()}
         log("vision pretrain: held-out pictures with all 5 slots right"
-            + (" (summary: image tokens with all of it right)" if with_summary else "") + ": "
+            + (" (summary: image tokens with all of it right)" if config.with_summary else "") + ": "
             + ", ".join(f"{k} {v:.1%}" for k, v in result["held_out_accuracy"].items()))
     return result
 
