@@ -61,6 +61,9 @@ GENERATOR_VERSION = 2  # bump when the same seed would give other files
 PNG_COMPRESS_LEVEL = 1  # fast: a level-9 PNG is ~10% smaller and several times slower to write
 TURN_WEIGHTS = {3: 0.1, 4: 0.2, 5: 0.3, 6: 0.25, 7: 0.15}  # questions per stage-2 conversation (at most one per type)
 IMAGE_TAG_LAST = 0.2  # share of first questions with `<image>` after the text, as in part of LLaVA-665K
+# With extra_questions, how many more times the question types are gone through: a picture that supports few
+# questions cannot fill every extra turn without repeating one, and then its conversation ends shorter.
+MAX_EXTRA_ROUNDS = 2
 
 
 def _rng(seed: int, *names) -> random.Random:
@@ -119,7 +122,7 @@ def _conversation(scene: Scene, rng: random.Random, balancer: _Balancer,
     while len(types) < n_turns:
         question_type = balancer.pick(rng, scene, taken)
         if question_type is None:
-            if not extra_questions or rounds == 2:
+            if not extra_questions or rounds == MAX_EXTRA_ROUNDS:
                 break
             taken, rounds = set(), rounds + 1
             continue
