@@ -51,6 +51,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Libraries whose exceptions mean "this file or value is bad", not "edge-vlm has a bug". Matched by the module that
+# defines the exception class, so the guard imports none of them (`edge-vlm --help` stays instant).
+_INPUT_ERROR_MODULES = ("PIL", "safetensors", "yaml", "json", "onnx", "onnxruntime", "google.protobuf", "tokenizers")
+
+
+def is_input_error(exc: BaseException) -> bool:
+    """True for errors raised by reading or decoding a user's input: OS errors (permissions, a full disk, a path under
+    a file), text that is not UTF-8, and the file-format libraries' own errors."""
+    if isinstance(exc, (OSError, UnicodeError)):
+        return True
+    return any(cls.__module__.split(".")[0] in _INPUT_ERROR_MODULES or cls.__module__ in _INPUT_ERROR_MODULES
+               for cls in type(exc).__mro__ if cls not in (Exception, BaseException, object))
+
+
+def describe_input_error(exc: BaseException) -> str:
+    """One line that names the file (where the exception knows it) and what went wrong."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+        return f"{where}: {exc.strerror or exc}"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"input is not valid UTF-8 text ({exc.reason} at byte {exc.start})"
+    return one_line(f"{type(exc).__name__}: {exc}")
+
+
+def one_line(message: str) -> str:
+    """Errors are one line on stderr: fold a multi-line library message into one."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -65,7 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeVLMError as exc:
         if args.debug:
             raise
-        print(f"edge-vlm {args.verb}: error: {exc}", file=sys.stderr)
+        print(f"edge-vlm {args.verb}: error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        # Last line of defence: a failure while reading a user's file that no verb turned into an EdgeVLMError yet
+        # (see `is_input_error`) is still the user's input, so it gets one line too. Anything else is a bug in
+        # edge-vlm and keeps its traceback.
+        if args.debug or not is_input_error(exc):
+            raise
+        print(f"edge-vlm {args.verb}: error: {describe_input_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"edge-vlm {args.verb}: interrupted", file=sys.stderr)

@@ -7,12 +7,11 @@ Safetensors only: nothing here unpickles (a .bin file is refused; `edge-vlm conv
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge_vlm.errors import EdgeVLMError
+from edge_vlm.fileio import atomic_dir
 from edge_vlm.imaging import ImageConfig
 from edge_vlm.tokenizer import TextTokenizer
 
@@ -66,6 +65,14 @@ def check_checkpoint_dir(directory: str | Path) -> Path:
     return path
 
 
+def is_checkpoint_dir(path: Path) -> bool:
+    """A folder edge-vlm wrote as a checkpoint (its edge_vlm.json says so): the only kind `--force` may replace."""
+    try:
+        return json.loads((Path(path) / META_FILE).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def read_meta(directory: str | Path) -> CheckpointMeta:
     meta_path = Path(directory) / META_FILE
     if not meta_path.is_file():
@@ -96,36 +103,6 @@ def _write_preprocessor_config(directory: Path, image: ImageConfig) -> None:
     (directory / "preprocessor_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def atomic_dir(target: Path, force: bool = False):
-    """Context manager: yields a temp dir beside `target`; on success it replaces `target`, on error it vanishes."""
-    return _AtomicDir(Path(target), force)
-
-
-class _AtomicDir:
-    def __init__(self, target: Path, force: bool):
-        self.target, self.force = target, force
-
-    def __enter__(self) -> Path:
-        if self.target.exists() and not self.force:
-            raise EdgeVLMError(f"{self.target} already exists; pass --force to overwrite it")
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        if self.target.exists():
-            old = self.target.with_name(f".{self.target.name}.old-{self.tmp.name[-8:]}")
-            self.target.rename(old)
-            self.tmp.rename(self.target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            self.tmp.rename(self.target)
-        return False
-
-
 def save_checkpoint(model, tokenizer: TextTokenizer, directory: str | Path, meta: CheckpointMeta | None = None,
                     force: bool = True) -> Path:
     """Write model (safetensors), tokenizer, preprocessing and edge_vlm.json atomically."""
@@ -133,7 +110,7 @@ def save_checkpoint(model, tokenizer: TextTokenizer, directory: str | Path, meta
     image = meta.image or ImageConfig(image_size=model.config.vision_config.image_size)
     meta.image = image
     target = Path(directory)
-    with atomic_dir(target, force=force) as tmp:
+    with atomic_dir(target, force=force, replaceable=is_checkpoint_dir, what="checkpoint") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save(tmp, model_max_length=model.config.text_config.max_position_embeddings)
         _write_preprocessor_config(tmp, image)

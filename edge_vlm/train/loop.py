@@ -345,7 +345,8 @@ def _restore(accelerator, directory: Path, config: TrainConfig, model, optimizer
 
 def _save_final(accelerator, config: TrainConfig, model, tokenizer, meta, image_size: int, out: Path,
                 sharded: bool) -> Path | None:
-    from edge_vlm.model.checkpoint import atomic_dir, save_checkpoint
+    from edge_vlm.fileio import atomic_dir
+    from edge_vlm.model.checkpoint import save_checkpoint
 
     meta.template = config.template
     meta.image = ImageConfig(image_size=image_size, aspect=config.aspect)
@@ -357,7 +358,8 @@ def _save_final(accelerator, config: TrainConfig, model, tokenizer, meta, image_
         from edge_vlm.train.lora import ADAPTER_DIR, merge_adapter
 
         if accelerator.is_main_process:
-            with atomic_dir(out / ADAPTER_DIR, force=True) as tmp:
+            # the adapter folder inside the run folder is the run's own: replacing it is safe
+            with atomic_dir(out / ADAPTER_DIR, force=True, replaceable=lambda _: True) as tmp:
                 accelerator.unwrap_model(model).save_pretrained(str(tmp), safe_serialization=True)
             if config.lora_merge:
                 merge_adapter(config.init_from, out / ADAPTER_DIR, final, quantized_base=config.qlora, meta=meta)

@@ -5,7 +5,7 @@ and its load_state swallows a failed RNG restore silently (a resumed run would t
 state dict is split into its tensors (safetensors) and a JSON skeleton that says where each tensor goes, so loading
 never unpickles anything and a missing piece is an error.
 
-A checkpoint directory (written atomically with edge_vlm.model.checkpoint.atomic_dir):
+A checkpoint directory (written atomically with edge_vlm.fileio.atomic_dir):
     trainable.safetensors   the trainable parameters (the frozen ones come from the run's starting model)
     optimizer.safetensors + optimizer.json
     scheduler.json
@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from edge_vlm.errors import EdgeVLMError
-from edge_vlm.model.checkpoint import atomic_dir
+from edge_vlm.fileio import atomic_dir
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -116,10 +116,15 @@ def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / CHECKPOINTS / f"step-{step:07d}"
 
 
+def _ours(_: Path) -> bool:
+    """A step folder under the run's checkpoints/ is the run's own: rewriting it (a resumed run) is safe."""
+    return True
+
+
 def save_training_state(target: Path, *, trainable: dict[str, torch.Tensor], optimizer: dict, scheduler: dict,
                         rng_per_process: list[dict], sample_order: torch.Tensor, trainer_state: dict) -> Path:
     """Write one training-state checkpoint atomically (called on the main process only)."""
-    with atomic_dir(target, force=True) as tmp:
+    with atomic_dir(target, force=True, replaceable=_ours) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
         save_state_pair(tmp, "optimizer", optimizer)
         (tmp / "scheduler.json").write_text(json.dumps(scheduler))
