@@ -63,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
         raise EdgeVLMError("give --config train/configs/<preset>.yaml (or --merge RUN_DIR)")
     plan = load_plan(args.config, _overrides(args))
     steps = plan_steps(args.config)
+    if args.eval_limit is not None and args.eval_limit < 1:
+        raise EdgeVLMError(f"--eval-limit must be >= 1, got {args.eval_limit}")
+    _check_plan(plan, steps, args.config)
     from edge_vlm.train.loop import FINAL_DIR, train
 
     main_process = os.environ.get("RANK", "0") == "0"
@@ -98,6 +101,52 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_plan(plan, steps: dict, source: str) -> None:
+    """Everything that can be checked before the first slow step: the plan steps' options, every input file and
+    folder the stages name (except those an earlier step writes), and that every output folder can be written."""
+    from pathlib import Path
+
+    from edge_vlm.errors import EdgeVLMError
+    from edge_vlm.fileio import check_output_parent
+
+    made: list[Path] = []  # written by the plan itself before they are read
+    if "synth" in steps:
+        from edge_vlm.train.builtin import check_world_options
+
+        check_world_options(steps["synth"], source)
+        made.append(Path(steps["synth"]["out"]))
+    if "vision_pretrain" in steps:
+        from edge_vlm.train.vision_pretrain import VisionPretrainConfig
+
+        made.append(Path(VisionPretrainConfig.from_dict(dict(steps["vision_pretrain"]), source).output_dir))
+    made += [Path(config.output_dir) for config in plan]
+
+    def check(path, what: str, kind: str = "file") -> None:
+        path = Path(path)
+        if any(path == m or m in path.parents for m in made):
+            return
+        exists = path.is_file() if kind == "file" else path.is_dir()
+        if not exists:
+            found = "not found" if not path.exists() else f"not a {'file' if kind == 'file' else 'folder'}"
+            raise EdgeVLMError(f"{source}: {what} {path}: {found}")
+
+    for config in plan:
+        where = f"[{config.name}] " if config.name else ""
+        check(config.data_path, f"{where}data_path")
+        for corpus in config.tokenizer_corpus or []:
+            check(corpus, f"{where}tokenizer_corpus")
+        if config.image_root:
+            check(config.image_root, f"{where}image_root", "folder")
+        if config.init_from:
+            check(config.init_from, f"{where}init_from (a checkpoint folder)", "folder")
+        if config.tokenizer:
+            check(config.tokenizer, f"{where}tokenizer (a folder with tokenizer.json)", "folder")
+    if "evaluate" in steps:
+        check(steps["evaluate"]["eval_file"], "evaluate eval_file")
+    for config in plan:  # last: this creates the folders
+        check_output_parent(Path(config.output_dir) / "config.yaml", "training run")
+
+
 def _with_pretrained_vision(first, options: dict, source: str):
     """Run the plan's vision_pretrain step (main process first; the others find it done) and return the first
     stage's config starting from its checkpoint instead of from the bare preset."""
@@ -128,28 +177,28 @@ def _evaluate(run_dir, options: dict) -> None:
     import json
     import sys
 
+    from edge_vlm.fileio import atomic_write
     from edge_vlm.train.builtin import evaluate_exact_match, format_accuracy
 
     result = evaluate_exact_match(run_dir / "final", options["eval_file"], limit=options.get("limit"),
                                   progress=sys.stderr.isatty())
     print(format_accuracy(result))
     out = run_dir / "eval_results.json"
-    out.write_text(json.dumps({"checkpoint": str(run_dir / "final"), "eval_file": str(options["eval_file"]),
-                               **result}, indent=2) + "\n")
+    atomic_write(out, json.dumps({"checkpoint": str(run_dir / "final"), "eval_file": str(options["eval_file"]),
+                                  **result}, indent=2) + "\n", "evaluation results")
     print(f"exact match written to {out}")
 
 
 def _merge(run_dir) -> int:
-    import yaml
-
+    from edge_vlm.configfile import read_yaml_mapping
     from edge_vlm.errors import EdgeVLMError
     from edge_vlm.train.lora import ADAPTER_DIR, merge_adapter
 
     config_file = run_dir / "config.yaml"
     if not config_file.is_file():
         raise EdgeVLMError(f"no config.yaml in {run_dir}: not a training run directory")
-    config = yaml.safe_load(config_file.read_text())
-    if not config.get("init_from"):
+    config = read_yaml_mapping(config_file, "run config")
+    if not isinstance(config.get("init_from"), str) or not config["init_from"]:
         raise EdgeVLMError(f"{config_file} has no init_from: nothing to merge the adapter into")
     out = merge_adapter(config["init_from"], run_dir / ADAPTER_DIR, run_dir / "final",
                         quantized_base=bool(config.get("qlora")))

@@ -50,6 +50,33 @@ BUILTIN_PRESET = {
 }
 
 
+# write_world's arguments a plan's `synth:` step may not set (the plan controls them).
+_NOT_WORLD_OPTIONS = ("spec", "force", "progress", "command")
+
+
+def check_world_options(options: dict, source: str) -> None:
+    """A plan's `synth:` mapping: `out` and write_world's keyword arguments, each of its default's type (an unknown
+    key or a wrong type would otherwise end in a TypeError from deep inside the generator)."""
+    import inspect
+
+    from edge_vlm.data.synth import write_world
+
+    params = {name: p.default for name, p in inspect.signature(write_world).parameters.items()
+              if name not in _NOT_WORLD_OPTIONS and p.kind is p.POSITIONAL_OR_KEYWORD}
+    unknown = sorted(set(map(str, options)) - set(params))
+    if unknown:
+        raise EdgeVLMError(f"{source}: unknown synth key(s) {unknown}; known: {sorted(params)}")
+    if not isinstance(options.get("out"), str) or not options["out"]:
+        raise EdgeVLMError(f"{source}: synth needs out (the folder the world is written to)")
+    for key, value in options.items():
+        default = params[key]
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise EdgeVLMError(f"{source}: synth {key} must be true or false, got {value!r}")
+        if (isinstance(default, int) and not isinstance(default, bool) or default is None) and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise EdgeVLMError(f"{source}: synth {key} must be an integer >= 0, got {value!r}")
+
+
 def ensure_world(out: str | Path, seed: int = 0, train: int = 10_000, eval_size: int = 1_400, image_size: int = 112,
                  extra_questions: int = 0, caption_counts: bool = False, **options) -> Path:
     """Write the synthetic world to `out` unless it is already there with the same seed and sizes."""
@@ -58,7 +85,12 @@ def ensure_world(out: str | Path, seed: int = 0, train: int = 10_000, eval_size:
     out = Path(out)
     manifest_file = out / "world.json"
     if manifest_file.is_file():
-        manifest = json.loads(manifest_file.read_text())
+        try:
+            manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise EdgeVLMError(f"{manifest_file} is damaged ({exc}); remove {out} to write the world again") from exc
+        if not isinstance(manifest, dict):
+            raise EdgeVLMError(f"{manifest_file} is not a world manifest; remove {out} to write the world again")
         counts = manifest.get("counts", {})
         same = (manifest.get("generator_version"), manifest.get("seed"), manifest.get("image_size"),
                 counts.get("train_images"), counts.get("eval"), manifest.get("extra_questions", 0),

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -46,6 +48,29 @@ DATA_FORMATS = ("auto", "llava", "sharegpt")
 PHI_LINEAR_NAMES = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
 # Top-level keys of a plan file that are steps around the stages, not stage keys (see plan_steps).
 PLAN_STEPS = ("synth", "vision_pretrain", "evaluate")
+# The allowed range of every number (validate): (lowest, highest) for integers; (low, high, low excluded, high
+# excluded) for floats. Every float must be finite: NaN or inf would train to NaN or never end.
+_INT_RANGES = {
+    "global_batch_size": (1,), "per_device_batch_size": (1,), "num_epochs": (1,), "max_steps": (1,),
+    "log_every_steps": (1,), "num_threads": (1,), "model_max_length": (1,), "tokenizer_vocab_size": (1,),
+    "lora_alpha": (1,), "num_workers": (0,), "save_every_steps": (0,), "keep_checkpoints": (0,), "lora_r": (0,),
+    "warmup_steps": (0,),
+    "seed": (0, 2**32 - 1),  # numpy's seed range (accelerate's set_seed seeds numpy too)
+}
+_FLOAT_RANGES = {
+    "lr": (0, None, True, False), "eps": (0, None, True, False), "weight_decay": (0, None, False, False),
+    "max_grad_norm": (0, None, False, False), "warmup_ratio": (0, 1, False, True), "lora_dropout": (0, 1, False, True),
+}
+# A stage's name is a folder under the plan's output_dir.
+_STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class ConfigError(EdgeVLMError):
+    """A bad value of one key; `key` lets the caller say where the value came from (the file or the command line)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass
@@ -158,7 +183,7 @@ class TrainConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Check every value; raise EdgeVLMError naming the key, the value and what is allowed."""
-        self.betas = tuple(float(b) for b in _as_list(self.betas, "betas"))
+        self.betas = _floats(self.betas, "betas")
         if self.trainable is not None:
             self.trainable = [str(p) for p in _as_list(self.trainable, "trainable")]
         self.lora_target_modules = [str(m) for m in _as_list(self.lora_target_modules, "lora_target_modules")]
@@ -175,24 +200,13 @@ class TrainConfig:
             _choice("trainable", part, PARTS)
         if self.trainable is not None and not self.trainable:
             raise EdgeVLMError("trainable is empty: name at least one of " + ", ".join(PARTS))
-        for key in ("global_batch_size", "per_device_batch_size", "num_epochs", "log_every_steps"):
-            _positive(key, getattr(self, key))
-        for key in ("lr", "eps"):
-            _positive(key, getattr(self, key))
-        if self.num_threads is not None:
-            _positive("num_threads", self.num_threads)
-        for key in ("weight_decay", "max_grad_norm", "lora_dropout", "num_workers", "save_every_steps",
-                    "keep_checkpoints", "lora_r"):
-            if getattr(self, key) < 0:
-                raise EdgeVLMError(f"{key} must be >= 0, got {getattr(self, key)}")
-        if self.max_steps is not None:
-            _positive("max_steps", self.max_steps)
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise EdgeVLMError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise EdgeVLMError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        for key, bounds in _INT_RANGES.items():
+            if getattr(self, key) is not None:
+                _integer(key, getattr(self, key), *bounds)
+        for key, bounds in _FLOAT_RANGES.items():
+            _number(key, getattr(self, key), *bounds)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise EdgeVLMError(f"betas must be two numbers in [0, 1), got {self.betas}")
+            raise ConfigError("betas", f"betas must be two numbers in [0, 1), got {list(self.betas)}")
         if self.global_batch_size % self.per_device_batch_size:
             raise EdgeVLMError(
                 f"global_batch_size {self.global_batch_size} is not a multiple of per_device_batch_size "
@@ -221,16 +235,23 @@ class TrainConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "config") -> TrainConfig:
+    def from_dict(cls, data: dict, source: str = "config", overridden: set[str] | frozenset = frozenset()
+                  ) -> TrainConfig:
+        """`source` names where the values come from in errors; a bad key in `overridden` came from the command
+        line, and the error says so."""
         known = {f.name for f in fields(cls)}
         for key in data:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
+            if not isinstance(key, str) or key not in known:
+                close = difflib.get_close_matches(key, known, n=1) if isinstance(key, str) else []
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise EdgeVLMError(f"{source}: unknown key {key!r}{hint}")
+                where = " (given on the command line)" if key in overridden else ""
+                raise EdgeVLMError(f"{source}: unknown key {key!r}{hint}{where}")
         try:
             return cls(**{k: _coerce(k, v) for k, v in data.items()})
-        except TypeError as exc:
+        except ConfigError as exc:
+            where = " (given on the command line)" if exc.key in overridden else ""
+            raise EdgeVLMError(f"{source}: {exc}{where}") from exc
+        except (EdgeVLMError, TypeError) as exc:
             raise EdgeVLMError(f"{source}: {exc}") from exc
 
 
@@ -238,7 +259,7 @@ class TrainConfig:
 def load_plan(path: str | Path, overrides: list[str] | None = None) -> list[TrainConfig]:
     """The stages of a preset file (one for a flat file), with CLI overrides applied and paths resolved."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise EdgeVLMError(f"config file not found: {path} (presets live in train/configs/)")
     raw = read_yaml_mapping(path, "config file")
     shared = {k: v for k, v in raw.items() if k not in ("stages", *PLAN_STEPS)}
@@ -249,6 +270,10 @@ def load_plan(path: str | Path, overrides: list[str] | None = None) -> list[Trai
         raise EdgeVLMError(f"{path}: 'stages' must be a non-empty list of mappings")
     plan = len(raw.get("stages") or []) > 0
     names = [s.get("name") or s.get("stage") or f"stage{i}" for i, s in enumerate(stage_dicts)]
+    for name in names if plan else []:
+        if not isinstance(name, str) or not _STAGE_NAME.fullmatch(name):
+            raise EdgeVLMError(f"{path}: stage name {name!r} must be a plain folder name (letters, digits, '_', '-', "
+                               "'.'): each stage writes to output_dir/<name>")
     if len(set(names)) != len(names):
         raise EdgeVLMError(f"{path}: stage names must be unique, got {names}")
     every, per_stage = parse_overrides(overrides or [], names)
@@ -258,14 +283,17 @@ def load_plan(path: str | Path, overrides: list[str] | None = None) -> list[Trai
         if plan:
             merged["name"] = name
             root = merged.get("output_dir", TrainConfig.output_dir)
-            merged["output_dir"] = str(Path(root) / name)
+            if isinstance(root, bool) or not isinstance(root, (str, int)) or root == "":
+                raise EdgeVLMError(f"{path}: output_dir must be a folder path, got {root!r}")
+            merged["output_dir"] = str(Path(str(root)) / name)
             own_keys = set(stage_raw) | set(per_stage.get(name, {}))
             if index > 0 and not {"init_from", "model_preset"} & own_keys:
                 merged.pop("model_preset", None)
                 merged.pop("tokenizer", None)
                 merged.pop("tokenizer_vocab_size", None)
                 merged["init_from"] = str(Path(configs[-1].output_dir) / "final")
-        configs.append(TrainConfig.from_dict(merged, source=f"{path} [{name}]" if plan else str(path)))
+        configs.append(TrainConfig.from_dict(merged, source=f"{path} [{name}]" if plan else str(path),
+                                             overridden=set(every) | set(per_stage.get(name, {}))))
     return configs
 
 
@@ -279,8 +307,18 @@ def plan_steps(path: str | Path) -> dict:
     for key, value in steps.items():
         if not isinstance(value, dict):
             raise EdgeVLMError(f"{path}: {key} must be a mapping, got {value!r}")
-    if "evaluate" in steps and "eval_file" not in steps["evaluate"]:
-        raise EdgeVLMError(f"{path}: evaluate needs eval_file (the world's eval.json)")
+    evaluate = steps.get("evaluate")
+    if evaluate is not None:
+        unknown = sorted(set(map(str, evaluate)) - {"eval_file", "limit"})
+        if unknown:
+            raise EdgeVLMError(f"{path}: unknown evaluate key(s) {unknown}; known: eval_file, limit")
+        if not isinstance(evaluate.get("eval_file"), str) or not evaluate["eval_file"]:
+            raise EdgeVLMError(f"{path}: evaluate needs eval_file (the world's eval.json)")
+        if evaluate.get("limit") is not None:
+            try:
+                _integer("limit", evaluate["limit"], 1)
+            except ConfigError as exc:
+                raise EdgeVLMError(f"{path}: evaluate {exc}") from exc
     return steps
 
 
@@ -367,7 +405,7 @@ def _coerce(key: str, value):
             raise ValueError(value)
         return str(value)
     except (TypeError, ValueError) as exc:
-        raise EdgeVLMError(f"{key}: {value!r} is not a valid {kind.__name__}") from exc
+        raise ConfigError(key, f"{key}: {value!r} is not a valid {kind.__name__}") from exc
 
 
 def _as_list(value, key: str) -> list:
@@ -375,14 +413,36 @@ def _as_list(value, key: str) -> list:
         return [v.strip() for v in value.split(",") if v.strip()]
     if isinstance(value, (list, tuple)):
         return list(value)
-    raise EdgeVLMError(f"{key} must be a list, got {value!r}")
+    raise ConfigError(key, f"{key} must be a list, got {value!r}")
+
+
+def _floats(value, key: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in _as_list(value, key))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(key, f"{key} must be a list of numbers, got {value!r}") from exc
 
 
 def _choice(key: str, value, allowed) -> None:
     if value not in allowed:
-        raise EdgeVLMError(f"{key} {value!r} is not one of {list(allowed)}")
+        raise ConfigError(key, f"{key} {value!r} is not one of {list(allowed)}")
 
 
-def _positive(key: str, value) -> None:
-    if not isinstance(value, (int, float)) or value <= 0:
-        raise EdgeVLMError(f"{key} must be > 0, got {value!r}")
+def _integer(key: str, value, low: int, high: int | None = None) -> None:
+    """An int (not a bool) in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        raise ConfigError(key, f"{key} must be {allowed}, got {value!r}")
+
+
+def _number(key: str, value, low: float, high: float | None, low_open: bool, high_open: bool) -> None:
+    """A finite number within the bounds (NaN fails every comparison, so it is named on its own)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and math.isfinite(value) and (value > low if low_open else value >= low) and (
+            high is None or (value < high if high_open else value <= high)):
+        return
+    if high is None:
+        allowed = f"a finite number {'>' if low_open else '>='} {low:g}"
+    else:
+        allowed = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    raise ConfigError(key, f"{key} must be {allowed}, got {value!r}")

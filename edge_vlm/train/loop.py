@@ -10,6 +10,7 @@ and long answers weigh as much in a small micro-batch as in a large one.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import signal
 import time
@@ -76,7 +77,12 @@ def train(config: TrainConfig, dataset=None, resume: bool | str | None = False, 
     from tqdm.auto import tqdm
 
     from edge_vlm.data.dataset import collate
+    from edge_vlm.fileio import check_output_parent
 
+    # The user's mistakes that would otherwise surface only after the model is loaded: fail before the slow work.
+    if dataset is None and not Path(config.data_path).is_file():
+        raise EdgeVLMError(f"training data not found: {config.data_path} (data_path)")
+    check_output_parent(Path(config.output_dir) / "config.yaml", "training run")
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     # Without a GPU, accelerate sets up gloo for torchrun / accelerate launch only when told it runs on CPU.
@@ -111,7 +117,7 @@ def train(config: TrainConfig, dataset=None, resume: bool | str | None = False, 
     if config.qlora:
         from edge_vlm.train.lora import qlora_quantization_config
 
-        quantization = qlora_quantization_config()
+        quantization = qlora_quantization_config(config.init_from, note=main)
         device_map = {"": accelerator.local_process_index} if torch.cuda.is_available() else {"": "cpu"}
     model, tokenizer, meta = load_start(config, quantization, device_map, log=say)
     num_image_tokens, image_size = model.num_image_tokens, model.config.vision_config.image_size
@@ -174,6 +180,7 @@ def train(config: TrainConfig, dataset=None, resume: bool | str | None = False, 
     kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
 
     def save(position: tuple[int, int, torch.Tensor]) -> None:
+        _check_weights(accelerator, model, trainable_names, global_step, out, config)
         next_epoch, next_step, next_order = position
         trainer_state = {"global_step": global_step, "epoch": next_epoch, "step_in_epoch": next_step,
                          "total_steps": total_steps, "losses": losses, "config": _fingerprint(config),
@@ -198,9 +205,15 @@ def train(config: TrainConfig, dataset=None, resume: bool | str | None = False, 
                 step_rng = ckpt.rng_state()  # what a resume from this step boundary restores
                 started = time.perf_counter()
                 group = [next(batches) for _ in range(grad_accum)]
-                loss, tokens, grad_norm = _optimizer_step(
-                    accelerator, model, optimizer, scheduler, group, micro[(step - step_in_epoch) * grad_accum:],
-                    grad_accum, world, config.max_grad_norm)
+                try:
+                    loss, tokens, grad_norm = _optimizer_step(
+                        accelerator, model, optimizer, scheduler, group, micro[(step - step_in_epoch) * grad_accum:],
+                        grad_accum, world, config.max_grad_norm)
+                except _Diverged as diverged:
+                    if main:  # recorded (as null: strict JSON) so that the metrics show where the run ended
+                        log.log({"step": global_step + 1, "epoch": epoch, "event": "diverged", "loss": diverged.loss,
+                                 "grad_norm": diverged.grad_norm})
+                    raise EdgeVLMError(_divergence_message(global_step + 1, diverged.what, out, config)) from None
                 global_step += 1
                 losses.append(loss)
                 elapsed = time.perf_counter() - started
@@ -235,6 +248,7 @@ def train(config: TrainConfig, dataset=None, resume: bool | str | None = False, 
         if log is not None:
             log.close()
 
+    _check_weights(accelerator, model, trainable_names, global_step, out, config)
     final = _save_final(accelerator, config, model, tokenizer, meta, image_size, out, sharded)
     if main and config.plot:
         plot_loss(out / "metrics.jsonl", out / PLOT_FILE, title=f"{config.name or config.stage}: loss per step")
@@ -253,7 +267,7 @@ def _optimizer_step(accelerator, model, optimizer, scheduler, group: list[dict],
     tokens = accelerator.reduce(torch.tensor(float(local_tokens), device=accelerator.device), "sum")
     per_process = tokens.clamp(min=1) / world  # DDP averages gradients over processes
     local_sum = torch.zeros((), device=accelerator.device)
-    grad_norm = None
+    loss, grad_norm = None, None
     device = accelerator.device
     for batch in group:
         with accelerator.accumulate(model):
@@ -269,15 +283,64 @@ def _optimizer_step(accelerator, model, optimizer, scheduler, group: list[dict],
             # share of the global-batch mean, so scale it back.
             accelerator.backward(outputs.loss * grad_accum)
             local_sum += outputs.loss.detach().float() * per_process
-            if accelerator.sync_gradients and max_grad_norm > 0:
-                norm = accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
-                grad_norm = None if norm is None else float(norm)
+            if accelerator.sync_gradients:
+                loss = _global_loss(accelerator, local_sum, tokens)
+                if max_grad_norm > 0:
+                    norm = accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                       max_grad_norm)
+                    grad_norm = None if norm is None else float(norm)
+                # Checked before the update, so the weights stay those of the last good step. Every process sees the
+                # same global loss and norm, so all of them stop together. Under fp16 an infinite norm is the loss
+                # scaler's overflow, which skips the step by itself.
+                what = _nonfinite(loss, None if accelerator.scaler is not None else grad_norm)
+                if what:
+                    optimizer.zero_grad(set_to_none=True)
+                    raise _Diverged(what, loss, grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     if not getattr(optimizer, "step_was_skipped", False):  # fp16 overflow: no update, so no schedule step either
         scheduler.step()
-    loss = float(accelerator.reduce(local_sum, "sum") / tokens.clamp(min=1))
+    if loss is None:
+        loss = _global_loss(accelerator, local_sum, tokens)
     return loss, int(tokens), grad_norm
+
+
+def _global_loss(accelerator, local_sum: torch.Tensor, tokens: torch.Tensor) -> float:
+    return float(accelerator.reduce(local_sum, "sum") / tokens.clamp(min=1))
+
+
+class _Diverged(Exception):
+    """A step whose loss or gradient norm is NaN or infinite (raised before the optimizer applies it)."""
+
+    def __init__(self, what: str, loss: float, grad_norm: float | None):
+        super().__init__(what)
+        self.what, self.loss, self.grad_norm = what, loss, grad_norm
+
+
+def _nonfinite(loss: float, grad_norm: float | None) -> str:
+    """'' when both are finite, else what is not (for the error message)."""
+    bad = [f"{name} {value}" for name, value in (("loss", loss), ("gradient norm", grad_norm))
+           if value is not None and not math.isfinite(value)]
+    return ", ".join(bad)
+
+
+def _divergence_message(step: int, what: str, out: Path, config: TrainConfig) -> str:
+    last = ckpt.latest_checkpoint(out)
+    kept = (f"the last good checkpoint is kept: {last}" if last is not None else
+            "no checkpoint was saved before it" + ("" if config.save_every_steps else " (save_every_steps is 0)"))
+    return (f"training diverged at step {step} ({what}): stopped without saving that step or a final/ checkpoint; "
+            f"{kept}. Lower lr ({config.lr:g}) or add warmup, and start again in a new output_dir")
+
+
+def _check_weights(accelerator, model, names: list[str], global_step: int, out: Path, config: TrainConfig) -> None:
+    """Refuse to save weights holding NaN / inf (a step whose loss was finite can still leave them so)."""
+    params = dict(accelerator.unwrap_model(model).named_parameters())
+    bad = next((name for name in names if not bool(torch.isfinite(params[name].detach()).all())), None)
+    # sharded engines hold a slice per process: every process must agree before any of them stops
+    flag = accelerator.reduce(torch.tensor(float(bad is not None), device=accelerator.device), "sum")
+    if float(flag) > 0:
+        raise EdgeVLMError(_divergence_message(global_step, f"parameter {bad or 'on another process'} is not finite",
+                                               out, config))
 
 
 def _resume_dir(out: Path, resume: bool | str | None, overwrite: bool) -> Path | None:

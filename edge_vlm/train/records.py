@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
+import math
 from pathlib import Path
+
+from edge_vlm.fileio import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
@@ -17,7 +19,7 @@ def read_metrics(path: str | Path) -> list[dict]:
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
@@ -25,15 +27,11 @@ def read_metrics(path: str | Path) -> list[dict]:
     return records
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def json_line(record: dict) -> str:
+    """One strict-JSON line: a NaN or infinite number (a diverged step) is written as null, never as the bare `NaN`
+    that Python's json writes by default and other JSON readers refuse."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+    return json.dumps(clean, allow_nan=False) + "\n"
 
 
 class MetricsLog:
@@ -47,7 +45,7 @@ class MetricsLog:
             self.path.unlink(missing_ok=True)
         else:
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
-            _write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+            atomic_write(self.path, "".join(json_line(r) for r in kept), "training metrics")
         self.handle = self.path.open("a")
         self.writer = None
         if tensorboard:
@@ -59,11 +57,11 @@ class MetricsLog:
             self.writer = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"), purge_step=resume_step)
 
     def log(self, record: dict) -> None:
-        self.handle.write(json.dumps(record) + "\n")
+        self.handle.write(json_line(record))
         self.handle.flush()
         if self.writer is not None:
             for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                     self.writer.add_scalar(f"train/{key}", value, record["step"])
 
     def close(self) -> None:
@@ -74,7 +72,7 @@ class MetricsLog:
 
 def plot_loss(metrics_path: str | Path, out_path: str | Path, title: str = "") -> Path | None:
     """loss (and lr) per step as a PNG (matplotlib, Agg backend), written atomically. None if nothing was logged."""
-    records = [r for r in read_metrics(metrics_path) if "loss" in r]
+    records = [r for r in read_metrics(metrics_path) if isinstance(r.get("loss"), (int, float))]
     if not records:
         return None
     import matplotlib
@@ -89,18 +87,15 @@ def plot_loss(metrics_path: str | Path, out_path: str | Path, title: str = "") -
     loss_axis.set_ylabel("loss (per supervised token)", color="tab:blue")
     if any("lr" in r for r in records):
         lr_axis = loss_axis.twinx()
-        lr_axis.plot(steps, [r.get("lr", float("nan")) for r in records], color="tab:orange", linewidth=0.8)
+        lr_axis.plot(steps, [r.get("lr") if r.get("lr") is not None else float("nan") for r in records],
+                     color="tab:orange", linewidth=0.8)
         lr_axis.set_ylabel("learning rate", color="tab:orange")
     loss_axis.set_title(title or "training loss")
     loss_axis.grid(alpha=0.3)
     fig.tight_layout()
-    out = Path(out_path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-    os.close(fd)
+    image = io.BytesIO()
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
+        fig.savefig(image, format="png")
     finally:
-        Path(tmp).unlink(missing_ok=True)
         plt.close(fig)
-    return out
+    return atomic_write(out_path, image.getvalue(), "loss plot")

@@ -17,6 +17,7 @@ it takes ~1-2 minutes on 2 CPU cores for the built-in model, so a distributed en
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -71,21 +72,47 @@ class VisionPretrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str) -> VisionPretrainConfig:
+        from edge_vlm.train.config import ConfigError, _integer, _number
+
         known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(map(str, data)) - known)
         if unknown:
             raise EdgeVLMError(f"{source}: unknown vision_pretrain key(s) {unknown}; known: {sorted(known)}")
         missing = [k for k in ("data_path", "output_dir") if k not in data]
         if missing:
             raise EdgeVLMError(f"{source}: vision_pretrain needs {missing}")
         config = cls(**data)
-        if config.summary_tokens not in SUMMARY_TOKENS:
-            raise EdgeVLMError(f"{source}: vision_pretrain summary_tokens must be one of {SUMMARY_TOKENS}, "
-                               f"got {config.summary_tokens!r}")
-        for key in ("steps", "batch_size"):
-            if int(getattr(config, key)) <= 0:
-                raise EdgeVLMError(f"{source}: vision_pretrain {key} must be positive, got {getattr(config, key)}")
+        try:
+            for key in ("data_path", "output_dir"):
+                if not isinstance(getattr(config, key), str) or not getattr(config, key):
+                    raise ConfigError(key, f"{key} must be a path, got {getattr(config, key)!r}")
+            if config.summary_tokens not in SUMMARY_TOKENS:
+                raise ConfigError("summary_tokens", f"summary_tokens must be one of {SUMMARY_TOKENS}, "
+                                                    f"got {config.summary_tokens!r}")
+            for key in ("steps", "batch_size"):
+                _integer(key, getattr(config, key), 1)
+            for key in ("warmup_steps", "held_out"):
+                _integer(key, getattr(config, key), 0)
+            _integer("seed", config.seed, 0, 2**32 - 1)
+            if config.num_threads is not None:
+                _integer("num_threads", config.num_threads, 1)
+            config.lr = _as_float(config.lr)
+            config.weight_decay = _as_float(config.weight_decay)
+            _number("lr", config.lr, 0, None, True, False)
+            _number("weight_decay", config.weight_decay, 0, None, False, False)
+        except ConfigError as exc:
+            raise EdgeVLMError(f"{source}: vision_pretrain {exc}") from exc
         return config
+
+
+def _as_float(value):
+    """YAML reads `1e-3` (no dot) as a string: accept a number written so; anything else is left for the check."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def scene_targets(scene: dict) -> list[int]:
@@ -241,6 +268,12 @@ def pretrain_vision(model, pictures: list[tuple[str, list[int]]], image_root: Pa
         pixels, targets = load(train[position:position + config.batch_size])
         position += config.batch_size
         loss, accuracy = losses(pixels, targets)
+        if not math.isfinite(loss.item()):  # diverged: stop before the NaN reaches the weights or a checkpoint
+            metrics.log({"step": step, "event": "diverged", "loss": loss.item()})
+            metrics.close()
+            bar.close()
+            raise EdgeVLMError(f"vision_pretrain diverged at step {step} (loss {loss.item()}): nothing was saved; "
+                               f"lower its lr ({config.lr:g}) and run again")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -285,6 +318,7 @@ def run_vision_pretrain(options: dict, start_config, source: str, log=print) -> 
     vision tower, and write it as a checkpoint to output_dir/final, which the first stage then starts from.
 
     Skipped when output_dir/final exists from the same settings (a resumed plan); refused when it exists from others."""
+    from edge_vlm.fileio import atomic_write
     from edge_vlm.imaging import ImageConfig
     from edge_vlm.model.checkpoint import save_checkpoint
     from edge_vlm.train.modelsetup import load_start, resolve_preset
@@ -299,7 +333,10 @@ def run_vision_pretrain(options: dict, start_config, source: str, log=print) -> 
                 "tokenizer_vocab_size": start_config.tokenizer_vocab_size, "seed": start_config.seed}
     settings_file = out / SETTINGS_FILE
     if final.is_dir():
-        saved = json.loads(settings_file.read_text()).get("settings") if settings_file.is_file() else None
+        try:
+            saved = json.loads(settings_file.read_text(encoding="utf-8")).get("settings")
+        except (OSError, ValueError, AttributeError):  # missing or damaged: not known to be the same settings
+            saved = None
         if saved != json.loads(json.dumps(settings)):
             raise EdgeVLMError(f"{final} was written with other vision_pretrain settings; remove {out} to redo it")
         log(f"[vision_pretrain] done earlier: {final}")
@@ -317,6 +354,7 @@ def run_vision_pretrain(options: dict, start_config, source: str, log=print) -> 
     result = pretrain_vision(model, pictures, data_path.parent, image_config, config, out, log=log)
     meta.source = (meta.source + "; " if meta.source else "") + "vision tower pretrained on the world's scenes"
     save_checkpoint(model, tokenizer, final, meta)
-    settings_file.write_text(json.dumps({"settings": settings, "result": result}, indent=2) + "\n")
+    atomic_write(settings_file, json.dumps({"settings": settings, "result": result}, indent=2) + "\n",
+                 "vision_pretrain settings")
     log(f"[vision_pretrain] {config.steps} steps in {result['seconds']:.0f} s -> {final}")
     return final

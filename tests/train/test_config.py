@@ -79,7 +79,17 @@ def test_plan_stages_chain_and_take_per_stage_overrides(tmp_path):
 
 @pytest.mark.parametrize("values, message", [
     ({"stage": "stage3"}, "stage 'stage3' is not one of"),
-    ({"lr": 0}, "lr must be > 0"),
+    ({"lr": 0}, "lr must be a finite number > 0, got 0"),
+    ({"lr": float("nan")}, "lr must be a finite number > 0, got nan"),
+    ({"eps": float("inf")}, "eps must be a finite number > 0, got inf"),
+    ({"weight_decay": -0.1}, "weight_decay must be a finite number >= 0"),
+    ({"warmup_ratio": 1.0}, r"warmup_ratio must be a number in \[0, 1\)"),
+    ({"lora_dropout": float("nan")}, "lora_dropout must be a number in"),
+    ({"per_device_batch_size": 0}, "per_device_batch_size must be an integer >= 1, got 0"),
+    ({"max_steps": 2.5}, "max_steps must be an integer >= 1, got 2.5"),
+    ({"seed": -1}, r"seed must be an integer in \[0, 4294967295\]"),
+    ({"warmup_steps": -3}, "warmup_steps must be an integer >= 0"),
+    ({"betas": "0.9,abc"}, "betas must be a list of numbers"),
     ({"global_batch_size": 10, "per_device_batch_size": 4}, "not a multiple of per_device_batch_size"),
     ({"trainable": ["projector", "eyes"]}, "trainable 'eyes' is not one of"),
     ({"qlora": True}, "qlora needs LoRA adapters"),
