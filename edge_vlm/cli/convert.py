@@ -8,9 +8,11 @@ HELP = "convert a released LLaVA-Phi checkpoint directory (LP layout) into edge-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", help="LP checkpoint directory (config.json with model_type llava_phi, weights, tokenizer)")
+    parser.add_argument("src", help="LP checkpoint directory: config.json (model_type llava_phi), the weights "
+                        "(model.safetensors or pytorch_model.bin, or shards + their .index.json) and the tokenizer "
+                        "(tokenizer.json, or vocab.json + merges.txt); see docs/checkpoint-layout.md")
     parser.add_argument("dst", help="output checkpoint directory")
-    parser.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    parser.add_argument("--force", action="store_true", help="replace DST if it is an earlier edge-vlm checkpoint or an empty folder")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,11 +2,18 @@
 
 Safetensors only: nothing here unpickles (a .bin file is refused; `edge-vlm convert` reads legacy .bin with
 `weights_only=True`). Writes are atomic: a temp dir beside the target, renamed into place.
+
+Loading is strict: a weights file that is empty, truncated or not safetensors, an index that names a missing shard,
+and tensors that are missing, unexpected or of the wrong shape for config.json are refused in one line that names
+the file. transformers itself only warns about missing tensors and initialises them at random, which would give a
+model that answers (badly) and exports as if it were trained.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +25,8 @@ from edge_vlm.tokenizer import TextTokenizer
 META_FILE = "edge_vlm.json"
 FORMAT = "edge-vlm-checkpoint"
 FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
 
 
 @dataclass
@@ -47,8 +56,114 @@ class CheckpointMeta:
         )
 
 
+# --- reading weight files: every failure is one EdgeVLMError that names the file --------------------------------
+
+
+def _few(keys, limit: int = 3) -> str:
+    keys = list(keys)
+    return ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _safetensors_reason(exc: Exception) -> str:
+    """safetensors' messages start with a generic prefix; keep the part that says what is wrong."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.replace("Error while deserializing header: ", "")
+
+
+def read_index(index: Path) -> dict[str, list[str]]:
+    """A transformers shard index (`*.index.json`) -> {shard file name: [tensor names it holds]}. Each shard must be
+    a plain file name beside the index, and must exist."""
+    try:
+        data = json.loads(index.read_bytes())
+    except (OSError, ValueError) as exc:  # ValueError covers bad JSON and bytes that are not UTF-8
+        raise EdgeVLMError(f"cannot read the shard index {index}: {exc}") from exc
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise EdgeVLMError(f"{index}: no weight_map (tensor name -> shard file) in this shard index")
+    shards: dict[str, list[str]] = {}
+    for key, name in weight_map.items():
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise EdgeVLMError(f"{index}: tensor {key} is mapped to {name!r}, not a file name beside the index")
+        shards.setdefault(name, []).append(key)
+    for name in shards:
+        if not (index.parent / name).is_file():
+            raise EdgeVLMError(f"{index} names the shard {index.parent / name}, which does not exist")
+    return shards
+
+
+def safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors header, which safetensors checks against the file's size: an empty,
+    truncated or non-safetensors file is refused here, before any tensor is read."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), "pt") as handle:
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise EdgeVLMError(
+            f"cannot read {file}: not a complete safetensors file ({_safetensors_reason(exc)})") from exc
+
+
+def _check_keys_in_shard(file: Path, keys, present, index_name: str) -> None:
+    absent = [key for key in keys if key not in present]
+    if absent:
+        raise EdgeVLMError(f"{file} lacks {len(absent)} tensors that {index_name} puts there: {_few(absent)}")
+
+
+def read_tensors(file: Path, keys: list[str] | None = None) -> dict:
+    """Tensors from a safetensors file, or a legacy PyTorch `.bin` read with `torch.load(weights_only=True)` (no
+    arbitrary unpickling). `keys`: only these (a shard index's share of the file); each must be there."""
+    if file.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        present = safetensors_shapes(file)
+        wanted = list(present) if keys is None else keys
+        _check_keys_in_shard(file, wanted, present, "the shard index")
+        try:
+            with safe_open(str(file), "pt") as handle:
+                return {key: handle.get_tensor(key) for key in wanted}
+        except (SafetensorError, OSError) as exc:
+            raise EdgeVLMError(f"cannot read {file}: {_safetensors_reason(exc)}") from exc
+    import torch
+
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds (pickle, zip, RuntimeError) for a bad file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgeVLMError(f"cannot read {file} as PyTorch weights (weights_only=True): {first}") from exc
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise EdgeVLMError(f"{file} is not a state dict (tensor name -> tensor)")
+    if keys is None:
+        return state
+    _check_keys_in_shard(file, keys, state, "the shard index")
+    return {key: state[key] for key in keys}
+
+
+def check_weight_files(directory: Path) -> list[Path]:
+    """The safetensors files transformers will read for `directory` (model.safetensors, or the shards its index
+    names), each checked to be whole and to hold what the index says."""
+    index = directory / WEIGHTS_INDEX
+    if index.is_file():
+        files = []
+        for name, keys in read_index(index).items():
+            file = directory / name
+            _check_keys_in_shard(file, keys, safetensors_shapes(file), WEIGHTS_INDEX)
+            files.append(file)
+        return files
+    single = directory / WEIGHTS_FILE
+    if not single.is_file():
+        legacy = " (it has .bin weights: run `edge-vlm convert` first)" if any(directory.glob("*.bin")) else ""
+        raise EdgeVLMError(f"no {WEIGHTS_FILE} (nor {WEIGHTS_INDEX}) in {directory}{legacy}")
+    safetensors_shapes(single)
+    return [single]
+
+
+# --- checkpoint directories ----------------------------------------------------------------------------------------
+
+
 def check_checkpoint_dir(directory: str | Path) -> Path:
-    """Fail with a clear message unless `directory` looks like a checkpoint."""
+    """Fail with a clear message unless `directory` looks like a checkpoint whose weight files are whole."""
     path = Path(directory)
     if not path.exists():
         raise EdgeVLMError(f"model directory not found: {path}")
@@ -57,9 +172,7 @@ def check_checkpoint_dir(directory: str | Path) -> Path:
     if not (path / "config.json").is_file():
         hint = " (it looks like a bundle: use --bundle)" if (path / "manifest.json").is_file() else ""
         raise EdgeVLMError(f"no config.json in {path}: not a model checkpoint directory{hint}")
-    if not any(path.glob("*.safetensors")):
-        legacy = " (it has .bin weights: run `edge-vlm convert` first)" if any(path.glob("*.bin")) else ""
-        raise EdgeVLMError(f"no .safetensors weights in {path}{legacy}")
+    check_weight_files(path)
     if not (path / "tokenizer.json").is_file():
         raise EdgeVLMError(f"no tokenizer.json in {path}")
     return path
@@ -79,7 +192,7 @@ def read_meta(directory: str | Path) -> CheckpointMeta:
         return CheckpointMeta()
     try:
         return CheckpointMeta.from_dict(json.loads(meta_path.read_text()))
-    except (json.JSONDecodeError, TypeError) as exc:
+    except (ValueError, TypeError, AttributeError) as exc:
         raise EdgeVLMError(f"cannot read {meta_path}: {exc}") from exc
 
 
@@ -103,32 +216,77 @@ def _write_preprocessor_config(directory: Path, image: ImageConfig) -> None:
     (directory / "preprocessor_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
+def write_checkpoint(model, tokenizer: TextTokenizer, folder: Path, meta: CheckpointMeta | None = None) -> None:
+    """Write model (safetensors), tokenizer, preprocessing and edge_vlm.json into an existing (temp) folder."""
+    meta = meta or CheckpointMeta()
+    meta.image = meta.image or ImageConfig(image_size=model.config.vision_config.image_size)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save(folder, model_max_length=model.config.text_config.max_position_embeddings)
+    _write_preprocessor_config(folder, meta.image)
+    (folder / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
+
+
 def save_checkpoint(model, tokenizer: TextTokenizer, directory: str | Path, meta: CheckpointMeta | None = None,
                     force: bool = True) -> Path:
-    """Write model (safetensors), tokenizer, preprocessing and edge_vlm.json atomically."""
-    meta = meta or CheckpointMeta()
-    image = meta.image or ImageConfig(image_size=model.config.vision_config.image_size)
-    meta.image = image
+    """Write a checkpoint atomically (`force` replaces only an earlier checkpoint or an empty folder)."""
     target = Path(directory)
     with atomic_dir(target, force=force, replaceable=is_checkpoint_dir, what="checkpoint") as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save(tmp, model_max_length=model.config.text_config.max_position_embeddings)
-        _write_preprocessor_config(tmp, image)
-        (tmp / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
+        write_checkpoint(model, tokenizer, tmp, meta)
     return target
 
 
+@contextmanager
+def _without_load_report():
+    """transformers logs a table of missing / unexpected / mis-shaped tensors as a warning; we refuse those in one
+    line of our own instead, so the table is kept off stderr."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def refuse_partial_load(path: Path, info: dict) -> None:
+    """One error for any tensor that transformers reports missing, unexpected or mis-shaped (`output_loading_info`).
+    Non-persistent buffers (rotary inv_freq, position_ids) are not in a state dict and never reported."""
+    problems = []
+    if info.get("missing_keys"):
+        missing = sorted(info["missing_keys"])
+        problems.append(f"{len(missing)} tensors missing ({_few(missing)})")
+    if info.get("unexpected_keys"):
+        unexpected = sorted(info["unexpected_keys"])
+        problems.append(f"{len(unexpected)} unexpected tensors ({_few(unexpected)})")
+    if info.get("mismatched_keys"):
+        shapes = [f"{key} is {tuple(got)}, config.json needs {tuple(want)}"
+                  for key, got, want in sorted(info["mismatched_keys"])]
+        problems.append(f"{len(shapes)} tensors of the wrong shape ({_few(shapes, 2)})")
+    if problems:
+        weights = path / (WEIGHTS_INDEX if (path / WEIGHTS_INDEX).is_file() else WEIGHTS_FILE)
+        raise EdgeVLMError(f"{weights} does not fit {path / 'config.json'}: {'; '.join(problems)}")
+
+
 def load_checkpoint(directory: str | Path, dtype=None, device: str | None = None, **load_kwargs):
-    """(model, tokenizer, meta) from a checkpoint directory; the model is in eval mode."""
+    """(model, tokenizer, meta) from a checkpoint directory; the model is in eval mode. Every tensor the config
+    calls for must be in the weights, with its shape, and nothing else."""
+    from safetensors import SafetensorError
+
     from edge_vlm.model.modeling import LlavaPhiForConditionalGeneration
 
     path = check_checkpoint_dir(directory)
     tokenizer = TextTokenizer.from_dir(path)
     meta = read_meta(path)
     try:
-        model = LlavaPhiForConditionalGeneration.from_pretrained(path, use_safetensors=True, dtype=dtype, **load_kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        with _without_load_report():
+            # ignore_mismatched_sizes: report a wrong shape through `info` (refused below) instead of a RuntimeError
+            # whose message points at a table we keep off the screen.
+            model, info = LlavaPhiForConditionalGeneration.from_pretrained(
+                path, use_safetensors=True, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True,
+                **load_kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         raise EdgeVLMError(f"cannot load the model in {path}: {exc}") from exc
+    refuse_partial_load(path, info)
     if device is not None:
         model = model.to(device)
     if model.config.image_token_id != tokenizer.image_token_id:

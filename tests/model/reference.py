@@ -1,5 +1,5 @@
-"""An independent LLaVA-Phi forward pass from plain transformers modules (no Llava class), per reference §1:
-CLIPVisionModel hidden state -2 without CLS -> Linear-GELU(erf)-Linear -> spliced into PhiForCausalLM's inputs_embeds."""
+"""An independent LLaVA-Phi forward pass from plain transformers modules (no Llava class): CLIPVisionModel's
+second-to-last hidden state without CLS -> Linear-GELU(erf)-Linear -> spliced into PhiForCausalLM's inputs_embeds."""
 
 from __future__ import annotations
 
@@ -8,6 +8,12 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, PhiConfig, PhiForCausalLM
 
 from edge_vlm.model.presets import TINY
+
+# Where each part of a released LLaVA-Phi checkpoint lives, written out literally (docs/checkpoint-layout.md), so the
+# reference does not depend on how any transformers version names its modules in a checkpoint.
+RELEASED_VISION = "model.vision_tower.vision_model."
+RELEASED_PROJECTOR = {"model.mm_projector.0.": "proj1", "model.mm_projector.2.": "proj2"}
+RELEASED_PHI = ("model.embed_tokens.", "model.layers.", "model.final_layernorm.", "lm_head.")
 
 
 class PlainLlavaPhi(nn.Module):
@@ -36,7 +42,7 @@ class PlainLlavaPhi(nn.Module):
         return self.phi(inputs_embeds=embeds, attention_mask=attention_mask).logits
 
     def llava_state_dict(self) -> dict:
-        """The same weights under transformers' Llava key names (reference §1)."""
+        """The same weights under transformers' Llava key names."""
         out = {f"model.vision_tower.{k}": v for k, v in self.clip.state_dict().items()}
         out.update({f"model.multi_modal_projector.linear_1.{k}": v for k, v in self.proj1.state_dict().items()})
         out.update({f"model.multi_modal_projector.linear_2.{k}": v for k, v in self.proj2.state_dict().items()})
@@ -44,21 +50,20 @@ class PlainLlavaPhi(nn.Module):
             out[key.replace("model.", "model.language_model.", 1) if key.startswith("model.") else key] = value
         return out
 
-    def lp_state_dict(self) -> dict:
-        """The same weights in the LP layout (reference §7): fused query_key_value laid out [heads, 3, head_dim]."""
-        heads = self.phi.config.num_attention_heads
-        out = {f"model.vision_tower.{k}": v for k, v in self.clip.state_dict().items()}
-        out.update({f"model.mm_projector.0.{k}": v for k, v in self.proj1.state_dict().items()})
-        out.update({f"model.mm_projector.2.{k}": v for k, v in self.proj2.state_dict().items()})
-        phi = self.phi.state_dict()
-        for key, value in phi.items():
-            if ".self_attn.k_proj." in key or ".self_attn.v_proj." in key:
-                continue
-            if ".self_attn.q_proj." in key:
-                parts = [phi[key.replace("q_proj", name)] for name in ("q_proj", "k_proj", "v_proj")]
-                head_dim = parts[0].shape[0] // heads
-                stacked = torch.stack([p.reshape(heads, head_dim, *p.shape[1:]) for p in parts], dim=1)
-                out[key.replace("q_proj", "query_key_value")] = stacked.reshape(3 * heads * head_dim, *parts[0].shape[1:])
-                continue
-            out[key] = value
-        return out
+    def load_released(self, tensors: dict[str, torch.Tensor]) -> PlainLlavaPhi:
+        """Take every weight from a released checkpoint's tensors (q/k/v split), by the literal prefixes above; each
+        module must receive exactly its own tensors (strict)."""
+        parts: dict[str, dict] = {"clip": {}, "proj1": {}, "proj2": {}, "phi": {}}
+        for key, value in tensors.items():
+            if key.startswith(RELEASED_VISION):
+                parts["clip"][key[len(RELEASED_VISION):]] = value
+            elif key.startswith(tuple(RELEASED_PROJECTOR)):
+                prefix = next(p for p in RELEASED_PROJECTOR if key.startswith(p))
+                parts[RELEASED_PROJECTOR[prefix]][key[len(prefix):]] = value
+            elif key.startswith(RELEASED_PHI):  # PhiForCausalLM names these tensors as the release does
+                parts["phi"][key] = value
+            else:
+                raise KeyError(f"not a released LLaVA-Phi tensor name: {key}")
+        for name, state in parts.items():
+            getattr(self, name).load_state_dict(state, strict=True)
+        return self
