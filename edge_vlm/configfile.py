@@ -33,26 +33,49 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict:
 
 def read_config_text(path: Path, what: str) -> str:
     """The file's text, or one line saying why it cannot be a text config file."""
+    return read_text_file(path, what, MAX_CONFIG_BYTES, "YAML")
+
+
+def read_text_file(path: str | Path, what: str, max_bytes: int | None = None, kind: str = "text") -> str:
+    """A user's text file (`kind`: "YAML", "JSON", ...) as str, or one line naming the file and what is wrong: missing,
+    not a regular file, larger than `max_bytes`, unreadable, binary, or not UTF-8."""
+    path = Path(path)
     if not path.exists():
         raise EdgeVLMError(f"{what} not found: {path}")
     if not path.is_file():
         raise EdgeVLMError(f"{what} {path} is not a regular file")
     try:
         size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
+        if max_bytes is not None and size > max_bytes:
             raise EdgeVLMError(f"{what} {path} is {size:,} bytes, more than a config file's limit of "
-                               f"{MAX_CONFIG_BYTES:,}: is it the right file?")
+                               f"{max_bytes:,}: is it the right file?")
         raw = path.read_bytes()
     except OSError as exc:
         raise EdgeVLMError(f"cannot read the {what} {path}: {exc.strerror or exc}") from exc
-    if b"\0" in raw:
-        raise EdgeVLMError(f"{what} {path} is a binary file, not YAML text")
+    if b"\0" in raw:  # UTF-8 text never holds NUL; binary files nearly always do
+        raise EdgeVLMError(f"{what} {path} is a binary file, not {kind} text")
     try:
         return raw.decode("utf-8-sig")  # -sig: a byte-order mark some editors write is not part of the text
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1
         raise EdgeVLMError(f"{path}:{line}: the {what} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
                            f"{exc.start}); save it as UTF-8") from exc
+
+
+def parse_json(text: str, path: str | Path, what: str):
+    """Strict JSON (NaN and Infinity are not JSON, though Python's reader takes them); errors are one line
+    `path:line:col: problem`."""
+    import json
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not a JSON value")
+
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except json.JSONDecodeError as exc:
+        raise EdgeVLMError(f"{path}:{exc.lineno}:{exc.colno}: {exc.msg} (the {what} is not valid JSON)") from exc
+    except (ValueError, RecursionError) as exc:
+        raise EdgeVLMError(f"{path}: {exc} (in the {what})") from exc
 
 
 def load_yaml(text: str, path: str | Path = "<text>", what: str = "YAML"):

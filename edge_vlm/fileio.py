@@ -36,6 +36,31 @@ def check_output_parent(path: str | Path, what: str = "output") -> Path:
     return path
 
 
+def check_output_folder(folder: str | Path, what: str = "output") -> Path:
+    """check_output_parent for a folder written later (after slow work that may still fail): proves it can be
+    created and written, and leaves nothing behind (the folders it had to create are removed again)."""
+    folder = Path(folder)
+    for ancestor in [folder, *folder.parents]:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise EdgeVLMError(f"cannot write the {what} {folder}: {ancestor} is a file, not a folder")
+            break
+    missing = [a for a in [folder, *folder.parents] if not a.exists() and not a.is_symlink()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgeVLMError(f"cannot create the {what} {folder}: {exc.strerror or exc}") from exc
+    writable = os.access(folder, os.W_OK | os.X_OK)
+    for created in missing:  # deepest first; rmdir only ever removes an empty folder
+        try:
+            created.rmdir()
+        except OSError:
+            break
+    if not writable:
+        raise EdgeVLMError(f"cannot write the {what} {folder}: it is not writable")
+    return folder
+
+
 def atomic_write(path: str | Path, data: str | bytes, what: str = "output") -> Path:
     """Write `data` to `path` through a temp file in the same folder and an atomic rename."""
     path = check_output_parent(path, what)

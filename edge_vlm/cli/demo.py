@@ -38,6 +38,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise EdgeVLMError(f"--n must be >= 1, got {args.n}")
+    if args.out != "-":  # before the model runs, not after
+        from edge_vlm.fileio import check_output_folder
+
+        if Path(args.out).is_dir():
+            raise EdgeVLMError(f"--out {args.out} is a folder: give the contact sheet's file name")
+        check_output_folder(Path(args.out).parent, "folder of the contact sheet")
     if args.threads:
         torch.set_num_threads(args.threads)
     from edge_vlm.assets import builtin_model_dir
@@ -80,10 +86,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _contact_sheet(panels, out):
     """One column per picture: the picture, then each question and the model's answer (green right, red wrong)."""
-    import os
-    import tempfile
+    import io
 
     from PIL import Image, ImageDraw
+
+    from edge_vlm.fileio import atomic_write
 
     scale, width, line_h = 2, 300, 14
     rows = max(len(lines) for _, lines in panels)
@@ -98,9 +105,6 @@ def _contact_sheet(panels, out):
             draw.text((x + 6, y), question[:46], fill=(40, 40, 40))
             draw.text((x + 6, y + line_h), f"-> {said}", fill=(20, 140, 40) if ok else (200, 30, 30))
             y += 2 * line_h
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-    os.close(fd)
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, out)
-    return out
+    image = io.BytesIO()
+    sheet.save(image, format="PNG")
+    return atomic_write(out, image.getvalue(), "contact sheet")

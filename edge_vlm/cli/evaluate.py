@@ -55,6 +55,10 @@ def _benchmark_pairs(args) -> list[tuple[str, str]]:
         raise EdgeVLMError(f"{len(names)} --benchmark but {len(dirs)} --data: give one --data, or one per benchmark")
     if len(names) > 1 and (args.question_file or args.image_folder):
         raise EdgeVLMError("--question-file / --image-folder apply to a single --benchmark")
+    for flag, value in (("--limit", args.limit), ("--max-new-tokens", args.max_new_tokens),
+                        ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise EdgeVLMError(f"{flag} must be >= 1, got {value}")
     return list(zip(names, dirs))
 
 

@@ -107,7 +107,7 @@ def _check_plan(plan, steps: dict, source: str) -> None:
     from pathlib import Path
 
     from edge_vlm.errors import EdgeVLMError
-    from edge_vlm.fileio import check_output_parent
+    from edge_vlm.fileio import check_output_folder
 
     made: list[Path] = []  # written by the plan itself before they are read
     if "synth" in steps:
@@ -143,8 +143,8 @@ def _check_plan(plan, steps: dict, source: str) -> None:
             check(config.tokenizer, f"{where}tokenizer (a folder with tokenizer.json)", "folder")
     if "evaluate" in steps:
         check(steps["evaluate"]["eval_file"], "evaluate eval_file")
-    for config in plan:  # last: this creates the folders
-        check_output_parent(Path(config.output_dir) / "config.yaml", "training run")
+    for config in plan:
+        check_output_folder(config.output_dir, "training run")
 
 
 def _with_pretrained_vision(first, options: dict, source: str):

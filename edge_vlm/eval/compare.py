@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_vlm.errors import EdgeVLMError
-from edge_vlm.eval.runner import EvalResult, evaluate
+from edge_vlm.eval.runner import EvalResult, evaluate, resolve_aspect
+from edge_vlm.fileio import check_output_folder
 
 # metric leaves that are sizes, not scores: left out of the detailed table
 _COUNTS = {"count", "img_count", "images", "questions", "tp", "fp", "tn", "fn", "perception_tasks",
@@ -144,6 +145,14 @@ def compare_sources(sources, benchmarks: Sequence[tuple[str, str | Path]], out_r
     question_file = evaluate_kwargs.pop("question_file", None)
     image_folder = evaluate_kwargs.pop("image_folder", None)
     datasets = {name: get_benchmark(name).load(data, question_file, image_folder) for name, data in benchmarks}
+    # What evaluate() would refuse only after a model is loaded: refused before the first one is.
+    limit = evaluate_kwargs.get("limit")
+    if limit is not None and limit < 1:
+        raise EdgeVLMError(f"--limit must be >= 1, got {limit}")
+    for name, _ in benchmarks:
+        resolve_aspect(get_benchmark(name), evaluate_kwargs.get("aspect", "auto"))
+        for source in sources:
+            check_output_folder(Path(out_root) / source.label / name, "answers folder")
     comparison = Comparison([s.label for s in sources], [name for name, _ in benchmarks])
     for source in sources:
         engine = open_engine(source, **(open_kwargs or {}))

@@ -22,6 +22,7 @@ from edge_vlm.engine import GenerationConfig, answer
 from edge_vlm.errors import EdgeVLMError
 from edge_vlm.eval.benchmarks import Benchmark, Dataset, EvalItem, get_benchmark
 from edge_vlm.eval.benchmarks.base import answer_key, read_jsonl, write_json_atomic, write_text_atomic
+from edge_vlm.fileio import check_output_parent
 from edge_vlm.imaging import ASPECT_MODES, ImageConfig
 
 ANSWERS = "answers.jsonl"
@@ -76,25 +77,30 @@ class AnswerStore:
         and the file rewritten without it, so later appends start on a clean line."""
         if self.path is None or not self.path.is_file():
             return {}
-        raw = self.path.read_text(encoding="utf-8")
+        # Our own file, but a crash or a disk can damage it: undecodable bytes and lines that are not answer
+        # records are dropped like a torn line (those questions are asked again).
+        raw = self.path.read_bytes().decode("utf-8", errors="replace")
         records, torn = [], False
         for line in raw.splitlines():
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict) and isinstance(record.get("text"), str):
                 records.append(record)
-            except json.JSONDecodeError:
+            else:
                 torn = True
         if torn or (raw and not raw.endswith("\n")):
             write_text_atomic(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        return {answer_key(r.get("question_id"), r.get("prompt", "")): r for r in records if "text" in r}
+        return {answer_key(r.get("question_id"), r.get("prompt", "")): r for r in records}
 
     def append(self, record: dict) -> None:
         if self.path is None:
             return
         if self.handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            check_output_parent(self.path, "answers file")
             self.handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open across answers
         self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         self.handle.flush()
@@ -150,8 +156,10 @@ def _check_run(out_dir: Path, run: dict, overwrite: bool) -> None:
         (out_dir / ANSWERS).unlink(missing_ok=True)
     elif run_path.is_file() and (out_dir / ANSWERS).is_file():
         try:
-            previous = json.loads(run_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
+            previous = json.loads(run_path.read_bytes())
+        except (OSError, ValueError):  # damaged: nothing is known about the answers, so they count as another run's
+            previous = {}
+        if not isinstance(previous, dict):
             previous = {}
         changed = [k for k in ("benchmark", "source", "question_file", "max_new_tokens", "aspect")
                    if previous.get(k) != run.get(k)]
@@ -185,7 +193,7 @@ def evaluate(engine, benchmark: str | Benchmark, data_dir, *, out_dir: str | Pat
 
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        check_output_parent(out / ANSWERS, "answers file")
         run = {"benchmark": bench.name, "source": source or label, "question_file": str(dataset.question_file),
                "max_new_tokens": config.max_new_tokens, "aspect": wanted_aspect or "model"}
         _check_run(out, run, overwrite)
@@ -261,9 +269,13 @@ def score_answer_file(benchmark: str | Benchmark, data_dir, answers_file: str | 
     dataset = bench.load(data_dir, question_file, image_folder)
     items = dataset.items[:limit] if limit else dataset.items
     path = Path(answers_file)
-    if not path.is_file():
-        raise EdgeVLMError(f"answers file not found: {path}")
-    records = read_jsonl(path)
+    if out_dir is not None:
+        check_output_parent(Path(out_dir) / SCORES, "scores")
+    records = read_jsonl(path, "answers file")
+    for number, record in enumerate(records, 1):
+        if "text" in record and not isinstance(record["text"], str):
+            raise EdgeVLMError(f"{path}: answer record {number} has a 'text' that is not a string "
+                               f"({type(record['text']).__name__}); LLaVA's answer files hold the answer as text")
     by_key = {answer_key(r.get("question_id"), r.get("prompt", "")): r for r in records if "text" in r}
     id_counts: dict[str, int] = {}
     for item in dataset.items:

@@ -77,12 +77,12 @@ def train(config: TrainConfig, dataset=None, resume: bool | str | None = False, 
     from tqdm.auto import tqdm
 
     from edge_vlm.data.dataset import collate
-    from edge_vlm.fileio import check_output_parent
+    from edge_vlm.fileio import check_output_folder
 
     # The user's mistakes that would otherwise surface only after the model is loaded: fail before the slow work.
     if dataset is None and not Path(config.data_path).is_file():
         raise EdgeVLMError(f"training data not found: {config.data_path} (data_path)")
-    check_output_parent(Path(config.output_dir) / "config.yaml", "training run")
+    check_output_folder(config.output_dir, "training run")
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     # Without a GPU, accelerate sets up gloo for torchrun / accelerate launch only when told it runs on CPU.

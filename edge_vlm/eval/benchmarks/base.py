@@ -10,14 +10,14 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_vlm.configfile import parse_json, read_text_file
 from edge_vlm.errors import EdgeVLMError
+from edge_vlm.fileio import atomic_write
 
 # Reference §8 / LLaVA docs/Evaluation.md: the prompt suffixes, byte-exact.
 SHORT_ANSWER = "Answer the question using a single word or phrase."
@@ -155,7 +155,13 @@ class Benchmark:
 
     def load(self, data_dir, question_file=None, image_folder=None) -> Dataset:
         root, path = self.locate(data_dir, question_file)
-        dataset = self.read(root, path, image_folder)
+        try:
+            dataset = self.read(root, path, image_folder)
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+            # a record of the wrong shape (a number where text belongs, a list where a record belongs): the file
+            # is the user's, so this is a bad input, not a bug; --debug shows where it was found
+            raise EdgeVLMError(f"{path}: not a {self.title} question file as LLaVA lays it out "
+                               f"({type(exc).__name__}: {exc})") from exc
         if not dataset.items:
             raise EdgeVLMError(f"{path} holds no questions")
         ids = [item.key for item in dataset.items]
@@ -176,33 +182,21 @@ class Benchmark:
 
 
 # --------------------------------------------------------------------------------------------- file helpers
-def read_json(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as exc:
-        raise EdgeVLMError(f"{path} is not valid JSON ({exc})") from exc
-    except OSError as exc:
-        raise EdgeVLMError(f"cannot read {path}: {exc}") from exc
+def read_json(path: Path, what: str = "JSON file") -> Any:
+    """A user's JSON file; anything wrong (missing, binary, not UTF-8, not JSON) is one line naming the file."""
+    return parse_json(read_text_file(path, what, kind="JSON"), path, what)
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path, what: str = "JSON lines file") -> list[dict]:
     """One JSON object per line (blank lines skipped); a bad line is an error naming the line."""
     records = []
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise EdgeVLMError(f"{path}:{number} is not valid JSON ({exc})") from exc
-                if not isinstance(record, dict):
-                    raise EdgeVLMError(f"{path}:{number}: expected a JSON object per line")
-                records.append(record)
-    except OSError as exc:
-        raise EdgeVLMError(f"cannot read {path}: {exc}") from exc
+    for number, line in enumerate(read_text_file(path, what, kind="JSON").splitlines(), 1):
+        if not line.strip():
+            continue
+        record = parse_json(line, f"{path}:{number}", what)
+        if not isinstance(record, dict):
+            raise EdgeVLMError(f"{path}:{number}: expected a JSON object per line, got {type(record).__name__}")
+        records.append(record)
     return records
 
 
@@ -214,44 +208,18 @@ def require_keys(record: dict, keys: tuple[str, ...], where: str) -> None:
 
 def write_json_atomic(path: Path, data: Any, indent: int | None = None) -> Path:
     """Write JSON through a temp file in the same folder, then rename (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=indent, ensure_ascii=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n", "result file")
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call write(temp path) and rename the result onto `path` (for writers that want a file name, e.g. openpyxl)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def write_atomic(path: Path, write: Callable[[io.BytesIO], None]) -> Path:
+    """Call write(buffer) and put the bytes in place atomically (for writers that take a file object, e.g. openpyxl)."""
+    buffer = io.BytesIO()
+    write(buffer)
+    return atomic_write(path, buffer.getvalue(), "result file")
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, text, "result file")
 
 
 # ------------------------------------------------------------------------------------------- prompt helpers

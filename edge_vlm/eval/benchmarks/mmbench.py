@@ -119,7 +119,7 @@ class MMBench(Benchmark):
                 else:
                     values.append(None if is_missing(value) else value)
             sheet.append(values)
-        return [write_atomic(out_dir / "answers_upload" / f"{label}.xlsx", lambda tmp: book.save(tmp))]
+        return [write_atomic(out_dir / "answers_upload" / f"{label}.xlsx", book.save)]
 
     def score(self, dataset, items, answers):
         scored = [item for item in items if not is_missing(item.meta["row"].get("answer"))]
