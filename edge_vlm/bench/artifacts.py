@@ -39,14 +39,21 @@ def checkpoint_random_weights(directory: str | Path) -> bool:
 
 
 def bundle_manifest(directory: str | Path) -> dict:
-    """The bundle's manifest.json (format checks are the runtime's job; this only needs to read it)."""
-    path = Path(directory) / "manifest.json"
-    if not path.is_file():
-        raise EdgeVLMError(f"no manifest.json in {directory}: not a bundle (export one with `edge-vlm export`)")
+    """The bundle's manifest.json with its format and contents checked (edge_vlm.runtime.bundle.read_manifest: no
+    file of the bundle is opened), so a damaged bundle is refused before any worker starts."""
+    from edge_vlm.runtime.bundle import read_manifest
+
+    return read_manifest(directory)
+
+
+def checkpoint_context(directory: str | Path) -> int | None:
+    """The checkpoint's context length (config.json's text_config.max_position_embeddings), read as plain JSON;
+    None when it cannot be read (the worker that loads the checkpoint then reports why)."""
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise EdgeVLMError(f"{path} is not valid JSON ({exc}): export the bundle again") from exc
+        value = json.loads((Path(directory) / "config.json").read_text())["text_config"]["max_position_embeddings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def bundle_precision(manifest: dict) -> str:

@@ -6,10 +6,11 @@ per backend next to its roofline bound. The title carries the random-weights lab
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 from edge_vlm.deps import require
+from edge_vlm.fileio import atomic_write
 
 
 def write_plot(report: dict, path: str | Path) -> Path:
@@ -55,11 +56,8 @@ def write_plot(report: dict, path: str | Path) -> Path:
         title = f"RANDOM WEIGHTS — {title} (speed only)"
     figure.suptitle(title, fontsize=11, color="darkred" if report["random_weights"] else "black")
     figure.tight_layout()
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")
     # the title goes into the PNG text chunk too, so tools (and tests) can read the random-weights label
-    figure.savefig(tmp, dpi=110, metadata={"Title": title})
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=110, metadata={"Title": title})
     plt.close(figure)
-    os.replace(tmp, target)
-    return target
+    return atomic_write(path, png.getvalue(), "chart")

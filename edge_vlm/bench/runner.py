@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from edge_vlm.bench.artifacts import check_model_dir, pick_bundles
@@ -103,13 +104,11 @@ def _artifacts_random(settings: BenchSettings, bundles: dict[str, str]) -> bool:
     return any(bundle_random_weights(bundle_manifest(d)) for d in bundles.values())
 
 
-def run_benchmark(settings: BenchSettings, command: str, progress: bool = True,
-                  worker_timeout_s: float | None = None, profile_dir: str | None = None) -> dict:
-    """Measure every backend of `settings`; a backend that fails is reported with its error, the rest go on.
-
-    With `profile_dir`, each onnxruntime backend then runs once more (1 warm-up + 1 query) with ONNX Runtime's
-    profiler on; the per-operator summary is added to its result and the raw JSON files stay in `profile_dir`.
-    """
+def prepare(settings: BenchSettings, prompt_source: str | None = "prompt_tokens",
+            log=None) -> tuple[BenchSettings, dict[str, str]]:
+    """Every check that needs no worker: the checkpoint folder, the image, a bundle per onnxruntime backend (their
+    manifests checked), and the prompt length against the smallest context among the models. Returns the settings
+    to run (the prompt fitted, see fit_prompt) and {precision: bundle dir}."""
     specs = settings.specs
     if settings.model and any(s.family == "torch" for s in specs):
         check_model_dir(settings.model)
@@ -117,6 +116,60 @@ def run_benchmark(settings: BenchSettings, command: str, progress: bool = True,
         raise EdgeVLMError(f"--image {settings.image}: no such file")
     ort_precisions = [s.precision for s in specs if s.family == "ort"]
     bundles = pick_bundles(settings.bundles, ort_precisions) if ort_precisions else {}
+    return fit_prompt(settings, _contexts(settings, bundles), prompt_source, log), bundles
+
+
+def _contexts(settings: BenchSettings, bundles: dict[str, str]) -> dict[str, int]:
+    """{model described: its context length} for every model the run loads."""
+    from edge_vlm.bench.artifacts import bundle_manifest, checkpoint_context
+
+    found = {}
+    if any(s.family == "torch" for s in settings.specs):
+        if settings.model and checkpoint_context(settings.model):
+            found[f"the checkpoint {settings.model}"] = checkpoint_context(settings.model)
+        elif settings.preset:
+            from edge_vlm.model.presets import get_preset  # imports torch, which a preset's worker loads anyway
+
+            found[f"the preset {settings.preset}"] = int(get_preset(settings.preset)["text"]["max_position_embeddings"])
+    for directory in bundles.values():
+        found[f"the bundle {directory}"] = int(bundle_manifest(directory)["model"]["context_length"])
+    return found
+
+
+def fit_prompt(settings: BenchSettings, contexts: dict[str, int], source: str | None, log=None) -> BenchSettings:
+    """The prompt and the new tokens must fit the smallest context. `source` names where --prompt-tokens came from
+    (a flag, a scenario); a length the user chose that does not fit is refused. None: it is the default (600, the
+    issue's CPU target), which is lowered to fit, and `log` says so."""
+    if not contexts:
+        return settings
+    where, context = min(contexts.items(), key=lambda item: item[1])
+    room = context - settings.new_tokens
+    if room < 1:
+        raise EdgeVLMError(f"--new-tokens {settings.new_tokens} leaves no room for a prompt in the {context}-token "
+                           f"context of {where}")
+    if settings.prompt_tokens <= room:
+        return settings
+    if source is not None:
+        raise EdgeVLMError(f"{source} {settings.prompt_tokens} + {settings.new_tokens} new tokens exceed the "
+                           f"{context}-token context of {where}: use {room} or fewer")
+    if log is not None:
+        log(f"edge-vlm bench: a {room}-token prompt (the default {settings.prompt_tokens} + {settings.new_tokens} new "
+            f"tokens would exceed the {context}-token context of {where})")
+    return replace(settings, prompt_tokens=room)
+
+
+def run_benchmark(settings: BenchSettings, command: str, progress: bool = True,
+                  worker_timeout_s: float | None = None, profile_dir: str | None = None,
+                  bundles: dict[str, str] | None = None) -> dict:
+    """Measure every backend of `settings`; a backend that fails is reported with its error, the rest go on.
+
+    `bundles`: what `prepare` returned (None: run it here, with the prompt length as given). With `profile_dir`,
+    each onnxruntime backend then runs once more (1 warm-up + 1 query) with ONNX Runtime's profiler on; the
+    per-operator summary is added to its result and the raw JSON files stay in `profile_dir`.
+    """
+    if bundles is None:
+        settings, bundles = prepare(settings)
+    specs = settings.specs
     started = _dt.datetime.now(_dt.timezone.utc)
     load_before = load_average()
     threads = settings.threads or machine_info()["cpu"]["usable_cpus"] or 1

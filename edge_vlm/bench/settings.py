@@ -91,13 +91,13 @@ class BenchSettings:
     bandwidth_mib: int = 256  # size of each array in the bandwidth measurement
 
     def __post_init__(self):
+        for item in fields(self):
+            problem = setting_problem(item.name, getattr(self, item.name))
+            if problem:
+                raise EdgeVLMError(problem)
+        if isinstance(self.bundles, str):
+            self.bundles = [self.bundles]
         self.backends = [spec.name for spec in parse_backends(self.backends)]
-        for name, low in (("prompt_tokens", 1), ("new_tokens", 1), ("runs", 1), ("warmup", 0), ("bandwidth_mib", 8)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < low:
-                raise EdgeVLMError(f"{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise EdgeVLMError(f"threads must be an integer >= 1, got {self.threads!r}")
         if self.device not in DEVICES:
             raise EdgeVLMError(f"device {self.device!r} is not one of {DEVICES}")
         if self.verify not in VERIFY_MODES:
@@ -123,14 +123,63 @@ class BenchSettings:
         return asdict(self)
 
 
+# whole-number settings: (least, most). The upper bounds only catch typos (an extra digit or three); the bandwidth
+# arrays are also held to half the machine's memory (two of them are allocated).
+WHOLE_NUMBERS = {"prompt_tokens": (1, 1_000_000), "new_tokens": (1, 1_000_000), "runs": (1, 100_000),
+                 "warmup": (0, 100_000), "threads": (1, 4096), "bandwidth_mib": (8, 1 << 20)}
+_NAME_LISTS = ("backends", "bundles")  # a name, or a list of names
+_MAY_BE_NULL = ("model", "preset", "image", "threads")
+
+
+def setting_problem(name: str, value) -> str | None:
+    """What is wrong with one setting's value (type and range), or None; the same rules for flags and scenarios."""
+    flag = name.replace("_", "-")
+    if value is None and name in _MAY_BE_NULL:
+        return None
+    if name in WHOLE_NUMBERS:
+        low, high = WHOLE_NUMBERS[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            return f"{flag} must be a whole number from {low} to {high:,}, got {value!r}"
+        if name == "bandwidth_mib" and 2 * value * (1 << 20) > _memory_bytes() // 2:
+            return f"{flag} {value} needs two arrays of {value} MiB, more than half of this machine's memory"
+    elif name == "random_weights":
+        if not isinstance(value, bool):
+            return f"{flag} must be true or false, got {value!r}"
+    elif name in _NAME_LISTS:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+            return f"{flag} must be a name or a list of names, got {value!r}"
+    elif not isinstance(value, str):
+        return f"{flag} must be a text, got {value!r}"
+    return None
+
+
+def _memory_bytes() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().total)
+
+
 def load_scenario(path: str | Path) -> dict:
-    """A scenario YAML file -> a dict of BenchSettings keys (unknown keys are an error that names them)."""
+    """A scenario YAML file -> a dict of BenchSettings keys. Its settings sit under `settings:` (beside `name:` and
+    `description:`) or at the top level; an unknown key, or a value of the wrong type or out of range, is an error
+    that names the file and the key."""
     from edge_vlm.configfile import read_yaml_mapping
 
     data = read_yaml_mapping(path, "scenario file")
-    settings = data.get("settings", data)
+    settings = data["settings"] if "settings" in data else {k: v for k, v in data.items()
+                                                            if k not in ("name", "description")}
+    if settings is None:
+        settings = {}
+    if not isinstance(settings, dict):
+        raise EdgeVLMError(f"scenario {path}: 'settings' must be a mapping of keys (runs: 3, ...), got "
+                           f"{type(settings).__name__} {settings!r}")
     known = {f.name for f in fields(BenchSettings)}
-    unknown = sorted(set(settings) - known)
+    unknown = sorted(str(key) for key in set(settings) - known)
     if unknown:
         raise EdgeVLMError(f"scenario {path}: unknown settings {unknown}; known: {sorted(known)}")
+    for key, value in settings.items():
+        problem = setting_problem(key, value)
+        if problem:
+            raise EdgeVLMError(f"scenario {path}: settings.{key}: {problem}")
     return dict(settings)

@@ -21,6 +21,7 @@ from edge_vlm.bench.settings import BenchSettings, parse_backend
 from edge_vlm.bench.stats import decode_summary, summarize
 from edge_vlm.bench.workload import prompt_ids, synthetic_image
 from edge_vlm.errors import EdgeVLMError
+from edge_vlm.fileio import atomic_write
 
 STAGES = ("preprocess_ms", "vision_ms", "prefill_ms", "ttft_ms", "decode_ms", "e2e_ms")
 
@@ -201,12 +202,6 @@ def _progress(total: int, name: str, enabled: bool):
     return tqdm(total=total, desc=f"bench {name}", unit="query", file=sys.stderr, disable=not enabled, leave=False)
 
 
-def _write_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
@@ -225,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # reported per backend: one broken backend must not lose the others' numbers
         result = {"name": job["backend"], "status": "error", "error": f"{type(exc).__name__}: {exc}",
                   "traceback": traceback.format_exc()}
-    _write_atomic(out, result)
+    atomic_write(out, json.dumps(result), "worker result")
     return 0
 
 

@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated: torch-fp32|bf16|fp16|int8|nf4, ort-fp32|fp16|int8|int4 "
                              "(onnxruntime-... too), ort-...+trt for TensorRT vision (default torch-fp32)")
     work = parser.add_argument_group("workload")
-    work.add_argument("--prompt-tokens", type=int, help="total image-prompt length, image tokens included (600)")
+    work.add_argument("--prompt-tokens", type=int, help="total image-prompt length, image tokens included (default 600, lowered to fit the "
+                           "model's context with --new-tokens; a length given here that does not fit is refused)")
     work.add_argument("--new-tokens", type=int, help="decode steps per query; EOS is ignored (64)")
     work.add_argument("--runs", type=int, help="measured queries per backend; medians are reported (3)")
     work.add_argument("--warmup", type=int, help="unmeasured queries first (1)")
@@ -56,25 +57,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace):
+    """(BenchSettings, where --prompt-tokens came from: the flag, the scenario, or None for the default)."""
     from edge_vlm.bench.settings import BenchSettings, load_scenario
 
     values = load_scenario(args.scenario) if args.scenario else {}
+    source = f"scenario {args.scenario}: prompt_tokens" if "prompt_tokens" in values else None
     for name in _SETTING_FLAGS:
         given = getattr(args, name)
         if given is not None:
             values[name] = given
-    return BenchSettings(**values)
+    if args.prompt_tokens is not None:
+        source = "--prompt-tokens"
+    if "backends" not in values:
+        values["backends"] = _default_backends(values)
+    return BenchSettings(**values), source
 
 
-def _write_text(path: str, text: str) -> None:
-    import os
+def _default_backends(values: dict) -> list[str]:
+    """Without --backend: what was given is measured, torch-fp32 for --model / --preset and each --bundle at its own
+    precision (torch-fp32 alone when nothing was given, whose error then asks for --model)."""
+    from edge_vlm.bench.artifacts import bundle_manifest, bundle_precision
+
+    bundles = values.get("bundles") or []
+    backends = ["torch-fp32"] if values.get("model") or values.get("preset") or not bundles else []
+    for directory in [bundles] if isinstance(bundles, str) else bundles:
+        backends.append(f"ort-{bundle_precision(bundle_manifest(directory))}")
+    return backends
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse an output that cannot be written before anything is measured (a folder that is a file or read-only,
+    an output that is a folder): minutes of measurement must not end in a traceback."""
     from pathlib import Path
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, target)
+    from edge_vlm.errors import EdgeVLMError
+    from edge_vlm.fileio import check_output_parent
+
+    for flag, what in (("json", "report"), ("markdown", "markdown page"), ("plot", "chart")):
+        path = getattr(args, flag, None)
+        if path is None:
+            continue
+        if Path(path).is_dir():
+            raise EdgeVLMError(f"--{flag} {path} is a folder: give a file name")
+        check_output_parent(path, what)
+    profile = getattr(args, "profile", None)
+    if profile is not None:
+        if Path(profile).exists() and not Path(profile).is_dir():
+            raise EdgeVLMError(f"--profile {profile} is a file: give a folder for the profiles")
+        check_output_parent(Path(profile) / "profile.json", "profile")
 
 
 def _subcommand(words: list[str], args: argparse.Namespace) -> int:
@@ -93,13 +123,14 @@ def _outputs(report: dict, args: argparse.Namespace, write_json: bool) -> None:
     import sys
 
     from edge_vlm.bench.report import closing_line, render_markdown, render_table
+    from edge_vlm.fileio import atomic_write
 
     print(render_table(report))
     if args.json and write_json:
-        _write_text(args.json, json.dumps(report, indent=1) + "\n")
+        atomic_write(args.json, json.dumps(report, indent=1) + "\n", "report")
         print(f"edge-vlm bench: wrote {args.json}", file=sys.stderr)
     if args.markdown:
-        _write_text(args.markdown, render_markdown(report))
+        atomic_write(args.markdown, render_markdown(report), "markdown page")
         print(f"edge-vlm bench: wrote {args.markdown}", file=sys.stderr)
     if args.plot:
         from edge_vlm.bench.plot import write_plot
@@ -112,7 +143,9 @@ def _outputs(report: dict, args: argparse.Namespace, write_json: bool) -> None:
 def _render(path: str, args: argparse.Namespace) -> int:
     from edge_vlm.bench.compare import load_report
 
-    _outputs(load_report(path), args, write_json=False)
+    report = load_report(path)
+    _check_outputs(args)
+    _outputs(report, args, write_json=False)
     return 0
 
 
@@ -141,12 +174,18 @@ def run(args: argparse.Namespace) -> int:
     if args.subcommand:
         return _subcommand(args.subcommand, args)
 
-    from edge_vlm.bench.runner import run_benchmark
+    from edge_vlm.bench.runner import prepare, run_benchmark
     from edge_vlm.bench.schema import validate
+    from edge_vlm.cli.main import one_line
 
-    settings = _settings(args)
+    settings, prompt_source = _settings(args)
+    settings, bundles = prepare(settings, prompt_source, log=lambda line: print(line, file=sys.stderr, flush=True))
+    _check_outputs(args)
     command = "edge-vlm " + shlex.join(sys.argv[1:])
-    report = run_benchmark(settings, command, progress=not args.quiet, profile_dir=args.profile)
+    report = run_benchmark(settings, command, progress=not args.quiet, profile_dir=args.profile, bundles=bundles)
     validate(report)
     _outputs(report, args, write_json=True)
-    return 0 if all(b.get("status") == "ok" for b in report["backends"]) else 1
+    failed = [b for b in report["backends"] if b.get("status") != "ok"]
+    for backend in failed:  # the table shows them too, but a script reads stderr and the exit code
+        print(f"edge-vlm bench: error: {backend['name']}: {one_line(str(backend.get('error')))}", file=sys.stderr)
+    return 1 if failed else 0

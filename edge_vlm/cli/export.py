@@ -38,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-max-new-tokens", type=int, default=16, help="answer length compared by the gate")
     parser.add_argument("--allow-degraded", action="store_true",
                         help="write a bundle that fails the gate, flagged as degraded in its manifest")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing bundle directory")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an earlier bundle at --out (or an empty folder); any other folder or file is "
+                             "refused, never deleted")
     parser.add_argument("--providers", help="execution providers for the gate's run of the bundle, e.g. cuda,cpu")
     parser.add_argument("--threads", type=int, help="intra-op threads for the gate's run of the bundle")
 

@@ -13,6 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", nargs="?", help="a checkpoint or bundle directory")
     parser.add_argument("--preset", help="a model preset, e.g. llava-phi-2 (exact parameter counts, no weights built)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--verify", choices=["hash", "size", "none"], default="hash",
+                        help="how a bundle's files are checked: hash (default: every file's sha256), size, none")
 
 
 def _preset_report(name: str, as_json: bool) -> str:
@@ -36,12 +38,22 @@ def _preset_report(name: str, as_json: bool) -> str:
 
 
 def _checkpoint_report(path: Path, as_json: bool) -> str:
+    """The checkpoint's config and provenance (read before its weights are checked, so a checkpoint with damaged
+    weights is still described)."""
+    from edge_vlm.errors import EdgeVLMError
     from edge_vlm.model.checkpoint import check_checkpoint_dir, read_meta
 
-    check_checkpoint_dir(path)
-    config = json.loads((path / "config.json").read_text())
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        check_checkpoint_dir(path)  # says what the folder is instead (a bundle, nothing)
+    try:
+        config = json.loads(config_path.read_text())
+    except (ValueError, OSError) as exc:  # not JSON, not UTF-8, unreadable
+        raise EdgeVLMError(f"cannot read {config_path}: {exc}: the checkpoint is damaged") from exc
+    if not isinstance(config, dict):
+        raise EdgeVLMError(f"{config_path} is not a checkpoint config (a JSON {type(config).__name__}, not an object)")
     meta = read_meta(path)
-    text, vision = config.get("text_config", {}), config.get("vision_config", {})
+    text, vision = _mapping(config.get("text_config")), _mapping(config.get("vision_config"))
     size = sum(f.stat().st_size for f in path.glob("*.safetensors"))
     info = {
         "checkpoint": str(path),
@@ -58,6 +70,10 @@ def _checkpoint_report(path: Path, as_json: bool) -> str:
     lines = [f"checkpoint {path}" + ("  [RANDOM WEIGHTS: answers are meaningless]" if meta.random_weights else "")]
     lines += [f"  {key}: {value}" for key, value in info.items() if key != "checkpoint"]
     return "\n".join(lines)
+
+
+def _mapping(value) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def _environment_report() -> str:
@@ -97,9 +113,26 @@ def run(args: argparse.Namespace) -> int:
     if not path.exists():
         raise EdgeVLMError(f"not found: {path}")
     if (path / "manifest.json").is_file():
-        from edge_vlm.export.manifest import describe
+        return _bundle(path, args)
+    print(_checkpoint_report(path, args.json), flush=True)
+    from edge_vlm.model.checkpoint import check_checkpoint_dir
 
-        print(describe(path, as_json=args.json))
-        return 0
-    print(_checkpoint_report(path, args.json))
+    check_checkpoint_dir(path)  # the weight files: whole and readable, else one line and exit 2
+    return 0
+
+
+def _bundle(path: Path, args: argparse.Namespace) -> int:
+    """Describe the bundle from its manifest, then check it as `ask` would (every file's sha256 by default, the
+    manifest against the graphs): a damaged bundle is shown, then reported in one line with exit code 2."""
+    from edge_vlm.export.manifest import describe
+    from edge_vlm.runtime.bundle import check_contents, check_manifest, load_manifest, verify_files
+
+    manifest = load_manifest(path)
+    print(describe(path, as_json=args.json, manifest=manifest), flush=True)
+    check_manifest(path, manifest)
+    verify_files(path, manifest, args.verify)
+    check_contents(path, manifest)
+    if not args.json:
+        checked = {"hash": "sizes and sha256 of", "size": "sizes of", "none": "nothing of"}[args.verify]
+        print(f"  checked           {checked} every file; precisions and context against the graphs: OK")
     return 0

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from edge_vlm.runtime.bundle import FORMAT, MANIFEST_FILE, SCHEMA_VERSION, read_manifest, sha256_file, verify_files
+from edge_vlm.runtime.bundle import FORMAT, MANIFEST_FILE, SCHEMA_VERSION, load_manifest, sha256_file
 
 TOOLS = ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-genai", "onnxscript", "tokenizers", "numpy")
 
@@ -71,52 +71,61 @@ def write_manifest(bundle_dir: Path, manifest: dict) -> Path:
     return path
 
 
-def describe(path: str | Path, as_json: bool = False, verify: str = "size") -> str:
+def describe(path: str | Path, as_json: bool = False, manifest: dict | None = None) -> str:
     """A bundle's summary for `edge-vlm info`: precision per part, sizes, source, validation figures.
-    Checks the manifest and (by default) the file sizes; `verify='hash'` checks the sha256 of every file too."""
+
+    Describes the manifest as written (only its format and schema version are checked, and no file it names is
+    opened), so `info` can still show a damaged bundle before it reports what is wrong (see cli/info.py)."""
     path = Path(path)
-    manifest = read_manifest(path)
-    verify_files(path, manifest, verify)
+    manifest = load_manifest(path) if manifest is None else manifest
     if as_json:
         return json.dumps(manifest)
-    model, source = manifest["model"], manifest.get("source", {})
-    precision = manifest.get("precision", {})
-    total = sum(entry["bytes"] for entry in manifest["files"].values())
-    validation = manifest.get("validation") or {}
+    model, source, precision = _section(manifest, "model"), _section(manifest, "source"), _section(manifest, "precision")
+    files, roles, target = _section(manifest, "files"), _section(manifest, "roles"), _section(manifest, "target")
+    validation = _section(manifest, "validation")
+    total = sum(_bytes(entry) for entry in files.values())
     lines = [f"bundle {path}" + ("  [RANDOM WEIGHTS: answers are meaningless]" if source.get("random_weights") else "")]
     if validation.get("degraded"):
         lines.append("  DEGRADED: written with --allow-degraded although the validation gate failed")
     lines += [
         f"  schema            {manifest['format']} v{manifest['schema_version']}, created {manifest.get('created')}",
-        f"  target            {manifest.get('target', {}).get('name')} "
-        f"(decoder built for {manifest.get('target', {}).get('execution_provider')})",
+        f"  target            {target.get('name')} (decoder built for {target.get('execution_provider')})",
         f"  precision         vision {precision.get('vision')}, decoder {precision.get('decoder')}, "
         f"embeddings {precision.get('embeddings')}",
     ]
     quant = manifest.get("quantization")
-    if quant:
+    if isinstance(quant, dict):
         lines.append(f"  quantization      {quant.get('method')} {quant.get('bits')}-bit, block {quant.get('block_size')}, "
                      f"{'symmetric' if quant.get('symmetric') else 'asymmetric'}, lm_head {quant.get('lm_head_bits')}-bit")
     lines += [
-        f"  model             {model['num_layers']} layers x {model['hidden_size']}, vocab {model['vocab_size']}, "
-        f"{model['num_image_tokens']} image tokens at {manifest.get('image', {}).get('image_size')} px, "
-        f"context {model['context_length']}",
-        f"  files             {len(manifest['files'])}, {total / 1e6:.1f} MB in all",
+        f"  model             {model.get('num_layers')} layers x {model.get('hidden_size')}, vocab "
+        f"{model.get('vocab_size')}, {model.get('num_image_tokens')} image tokens at "
+        f"{_section(manifest, 'image').get('image_size')} px, context {model.get('context_length')}",
+        f"  files             {len(files)}, {total / 1e6:.1f} MB in all",
     ]
     for role in ("vision", "decoder"):
-        rel = manifest["roles"][role]
-        size = sum(e["bytes"] for name, e in manifest["files"].items() if name == rel or name == rel + ".data")
+        rel = roles.get(role)
+        size = sum(_bytes(e) for name, e in files.items() if name in (rel, f"{rel}.data"))
         lines.append(f"    {role:15s} {rel} ({size / 1e6:.1f} MB)")
     lines.append(f"  source            {source.get('checkpoint')} (sha256 {str(source.get('checkpoint_sha256'))[:16]}...)")
     if validation:
+        figures = _section(validation, "figures")
         verdict = "passed" if validation.get("passed") else "FAILED"
-        lines.append(f"  validation        {verdict} on {validation.get('figures', {}).get('samples')} samples "
-                     f"({validation.get('data')})")
-        for name, value in (validation.get("figures") or {}).items():
+        lines.append(f"  validation        {verdict} on {figures.get('samples')} samples ({validation.get('data')})")
+        for name, value in figures.items():
             if isinstance(value, float):
                 lines.append(f"    {name:22s} {value:.6g}")
     if manifest.get("tensorrt"):
         lines.append(f"  tensorrt          {manifest['tensorrt']}")
-    tools = manifest.get("tools", {})
-    lines.append("  tools             " + ", ".join(f"{k} {v}" for k, v in tools.items()))
+    lines.append("  tools             " + ", ".join(f"{k} {v}" for k, v in _section(manifest, "tools").items()))
     return "\n".join(lines)
+
+
+def _section(manifest: dict, key: str) -> dict:
+    value = manifest.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _bytes(entry) -> int:
+    size = entry.get("bytes") if isinstance(entry, dict) else None
+    return size if isinstance(size, int) else 0

@@ -77,17 +77,22 @@ def export_bundle(options: ExportOptions, log=print) -> Path:
                            else f"model path is not a directory: {model_path}")
     if out.resolve() == model_path.resolve():
         raise EdgeVLMError("--out must differ from --model: the export would replace the checkpoint")
-    if out.exists() and not options.force:
-        raise EdgeVLMError(f"{out} already exists; pass --force to overwrite it")
+    if model_path.resolve().is_relative_to(out.resolve()):
+        raise EdgeVLMError(f"--out {out} holds the checkpoint {model_path}: the export would replace it; choose "
+                           "another --out")
 
     from tqdm import tqdm
 
-    from edge_vlm.model.checkpoint import atomic_dir, check_checkpoint_dir
+    from edge_vlm.fileio import atomic_dir
+    from edge_vlm.model.checkpoint import check_checkpoint_dir
+    from edge_vlm.runtime.bundle import check_contents, check_manifest, is_bundle_dir
 
     model_dir = check_checkpoint_dir(model_path)
     progress = partial(tqdm, file=sys.stderr, leave=False, dynamic_ncols=True)
     step = _Steps(7 if use_tensorrt else 6, log)
-    with atomic_dir(out, force=options.force) as tmp:
+    # entering refuses an existing --out (without --force; with it, anything but an earlier bundle or an empty
+    # folder) and an output folder that cannot be written, before the checkpoint is loaded
+    with atomic_dir(out, force=options.force, replaceable=is_bundle_dir, what="bundle") as tmp:
         tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be copied and shared
         work = tmp / "_work"
         work.mkdir()
@@ -180,6 +185,8 @@ def export_bundle(options: ExportOptions, log=print) -> Path:
         from edge_vlm.export.manifest import write_manifest
 
         write_manifest(tmp, manifest)
+        check_manifest(tmp, manifest)  # what every reader checks: an export never writes a bundle `ask` refuses
+        check_contents(tmp, manifest)
     log(f"bundle written to {out} ({_dir_bytes(out) / 1e6:.1f} MB, {time.perf_counter() - started:.0f} s)")
     return out
 

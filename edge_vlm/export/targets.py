@@ -27,7 +27,19 @@ class TargetProfile:
     description: str = ""
 
     def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise EdgeVLMError(f"target profile: name must be a text, got {self.name!r}")
+        if not isinstance(self.precisions, (list, tuple)):
+            raise EdgeVLMError(f"target {self.name}: precisions must be a list, e.g. [fp32, int8, int4]")
         self.precisions = tuple(self.precisions)
+        if not isinstance(self.block_size, int) or isinstance(self.block_size, bool) or self.block_size not in (
+                16, 32, 64, 128, 256):
+            raise EdgeVLMError(f"target {self.name}: block_size must be 16, 32, 64, 128 or 256, got {self.block_size!r}")
+        if self.accuracy_level is not None and (isinstance(self.accuracy_level, bool) or self.accuracy_level not in (
+                0, 1, 2, 3, 4)):
+            raise EdgeVLMError(f"target {self.name}: accuracy_level must be 0-4 or null, got {self.accuracy_level!r}")
+        if not isinstance(self.tensorrt, bool):
+            raise EdgeVLMError(f"target {self.name}: tensorrt must be true or false, got {self.tensorrt!r}")
         if self.execution_provider not in ("cpu", "cuda"):
             raise EdgeVLMError(f"target {self.name}: execution_provider must be cpu or cuda")
         for precision in (*self.precisions, self.default_precision, self.vision_precision):
@@ -85,5 +97,5 @@ def load_target_file(path: Path) -> TargetProfile:
         raise EdgeVLMError(f"{path} is not a target profile (unknown keys {extra}); see export/targets/cpu.yaml")
     try:
         return TargetProfile(**data)
-    except TypeError as exc:
-        raise EdgeVLMError(f"{path}: {exc}") from exc
+    except (TypeError, EdgeVLMError) as exc:  # the message says which key; this names the file
+        raise EdgeVLMError(f"target profile {path}: {exc}") from exc

@@ -4,14 +4,20 @@ A bundle is the deployable artifact (design.md): the vision ONNX, the decoder ON
 takes `inputs_embeds`), the token-embedding table, the tokenizer and the preprocessing settings. The manifest names
 every file with its size and sha256, so a copy that lost or damaged a file is refused with the file's name instead of
 crashing inside ONNX Runtime. The format is described in export/DESIGN.md.
+
+Opening a bundle checks, in order: the manifest (format, schema version, every section the runtime reads, known
+precisions, every path inside the bundle folder), the files (present, their size, by default their sha256), and the
+manifest against the files themselves (the precisions against the graphs and the embedding table, the context length
+against the decoder's rotary tables). Each failure is one EdgeVLMError that names the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from edge_vlm.errors import EdgeVLMError
 from edge_vlm.imaging import ImageConfig
@@ -23,6 +29,14 @@ SCHEMA_VERSION = 1
 # roles of the files a bundle must have; the manifest maps each role to a relative path
 REQUIRED_ROLES = ("vision", "decoder", "embeddings", "tokenizer")
 VERIFY_MODES = ("hash", "size", "none")
+# what each part of a bundle can be (the decoder's are the precisions export offers)
+PRECISIONS = {"vision": ("fp32", "fp16"), "decoder": ("fp32", "fp16", "int8", "int4"),
+              "embeddings": ("float32", "float16")}
+# the model facts the runtime reads from the manifest: sizes are >= 1, token ids >= 0
+MODEL_SIZES = ("hidden_size", "num_layers", "head_size", "vocab_size", "context_length", "num_image_tokens")
+MODEL_TOKEN_IDS = ("image_token_id", "eos_token_id")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_DAMAGED = "the bundle is damaged, export it again"
 
 
 def sha256_file(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
@@ -34,8 +48,19 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(directory: str | Path) -> dict:
-    """The parsed manifest of a bundle directory, after checking its format and schema version."""
+def is_bundle_dir(path: str | Path) -> bool:
+    """A folder edge-vlm wrote as a bundle (its manifest.json has our format): the only kind of folder with files in
+    it that `export --force` replaces."""
+    try:
+        manifest = json.loads((Path(path) / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):  # no manifest, unreadable, not JSON, not UTF-8
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+
+
+def load_manifest(directory: str | Path) -> dict:
+    """The parsed manifest of a bundle directory after checking its format and schema version only (what `info`
+    needs to describe a damaged bundle); `read_manifest` checks its contents too."""
     path = Path(directory)
     if not path.exists():
         raise EdgeVLMError(f"bundle not found: {path}")
@@ -49,23 +74,87 @@ def read_manifest(directory: str | Path) -> dict:
     try:
         manifest = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EdgeVLMError(f"{manifest_path} is not valid JSON ({exc}): the bundle is damaged, export it again") from exc
+        raise EdgeVLMError(f"{manifest_path} is not valid JSON ({exc}): {_DAMAGED}") from exc
+    except OSError as exc:
+        raise EdgeVLMError(f"cannot read {manifest_path}: {exc.strerror or exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise EdgeVLMError(f"{manifest_path} is not an edge-vlm bundle manifest (format {manifest.get('format')!r})"
-                           if isinstance(manifest, dict) else f"{manifest_path} is not an edge-vlm bundle manifest")
+                           if isinstance(manifest, dict) else f"{manifest_path} is not an edge-vlm bundle manifest "
+                           f"(a JSON {type(manifest).__name__}, not an object)")
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         raise EdgeVLMError(
             f"{path} has bundle schema version {version!r}, but this edge-vlm reads version {SCHEMA_VERSION}: "
             "re-export the bundle with this version (`edge-vlm export`) or install the edge-vlm that wrote it"
         )
-    for key in ("files", "roles", "model"):
+    return manifest
+
+
+def read_manifest(directory: str | Path) -> dict:
+    """The parsed manifest of a bundle directory, after checking its format, schema version and contents."""
+    manifest = load_manifest(directory)
+    check_manifest(directory, manifest)
+    return manifest
+
+
+def check_manifest(directory: str | Path, manifest: dict) -> None:
+    """The manifest's own checks (no file is opened but to resolve symbolic links): every section the runtime reads,
+    whole numbers where it needs them, known precisions, and every path inside the bundle folder."""
+    root = Path(directory)
+    manifest_path = root / MANIFEST_FILE
+    for key in ("files", "roles", "model", "precision"):
         if not isinstance(manifest.get(key), dict):
-            raise EdgeVLMError(f"{manifest_path} has no {key!r} section: the bundle is damaged, export it again")
-    missing_roles = [role for role in REQUIRED_ROLES if role not in manifest["roles"]]
+            raise EdgeVLMError(f"{manifest_path} has no {key!r} section: {_DAMAGED}")
+    files = manifest["files"]
+    for name, entry in files.items():
+        _check_inside(root, name, f"the file {name!r}")
+        if not (isinstance(entry, dict) and _whole(entry.get("bytes"), 0) and isinstance(entry.get("sha256"), str)
+                and _SHA256.fullmatch(entry["sha256"])):
+            raise EdgeVLMError(f"{manifest_path}: the entry of {name} needs 'bytes' (a whole number) and 'sha256' "
+                               f"(64 hex digits): {_DAMAGED}")
+    roles = manifest["roles"]
+    missing_roles = [role for role in REQUIRED_ROLES if role not in roles]
     if missing_roles:
         raise EdgeVLMError(f"{manifest_path} lists no file for {', '.join(missing_roles)}: export the bundle again")
-    return manifest
+    for role, name in roles.items():
+        _check_inside(root, name, f"the {role} file")
+        if name not in files:  # a file outside `files` would escape the size and hash checks
+            raise EdgeVLMError(f"{manifest_path}: the {role} file {name} is not among its files: {_DAMAGED}")
+    for part, allowed in PRECISIONS.items():
+        value = manifest["precision"].get(part)
+        if value not in allowed:
+            raise EdgeVLMError(f"{manifest_path}: {part} precision {value!r} is not one of {', '.join(allowed)}: "
+                               f"{_DAMAGED}")
+    model = manifest["model"]
+    for key in MODEL_SIZES + MODEL_TOKEN_IDS:
+        if not _whole(model.get(key), 1 if key in MODEL_SIZES else 0):
+            least = 1 if key in MODEL_SIZES else 0
+            raise EdgeVLMError(f"{manifest_path}: model.{key} is {model.get(key)!r}, not a whole number >= {least}: "
+                               f"{_DAMAGED}")
+    for key in MODEL_TOKEN_IDS:
+        if model[key] >= model["vocab_size"]:
+            raise EdgeVLMError(f"{manifest_path}: model.{key} {model[key]} is outside the vocabulary of "
+                               f"{model['vocab_size']}: {_DAMAGED}")
+
+
+def _whole(value, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _check_inside(root: Path, name, what: str) -> None:
+    """`name` is a relative path that stays inside the bundle folder, symbolic links followed: a manifest must not
+    make the runtime (or `info`) read /etc/hostname or another folder's files."""
+    manifest_path = root / MANIFEST_FILE
+    if not isinstance(name, str) or not name:
+        raise EdgeVLMError(f"{manifest_path}: {what} has no path ({name!r}): {_DAMAGED}")
+    for flavour in (PurePosixPath(name), PureWindowsPath(name)):
+        if flavour.is_absolute() or flavour.drive or flavour.root or ".." in flavour.parts:
+            raise EdgeVLMError(f"{manifest_path}: {what} is {name!r}, outside the bundle: a bundle's paths are "
+                               "relative and stay inside its folder")
+    real_root = root.resolve()
+    if not (root / name).resolve().is_relative_to(real_root):
+        raise EdgeVLMError(f"{manifest_path}: {what} {name} is a symbolic link to {(root / name).resolve()}, "
+                           "outside the bundle: copy the file itself into the bundle")
 
 
 def verify_files(directory: str | Path, manifest: dict, mode: str = "hash") -> None:
@@ -89,11 +178,138 @@ def verify_files(directory: str | Path, manifest: dict, mode: str = "hash") -> N
                 f"{path} is {kind} ({size} bytes, manifest says {expected}): the copy is incomplete or damaged; "
                 "copy it again or re-export the bundle"
             )
-        if mode == "hash" and sha256_file(path) != entry["sha256"]:
+        try:
+            matches = mode != "hash" or sha256_file(path) == entry["sha256"]
+        except OSError as exc:
+            raise EdgeVLMError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        if not matches:
             raise EdgeVLMError(
                 f"{path} does not match its sha256 in {MANIFEST_FILE}: the file was modified or damaged; "
                 "copy it again or re-export the bundle"
             )
+
+
+def check_contents(directory: str | Path, manifest: dict) -> None:
+    """The manifest against the files it describes: the decoder graph's precision (its MatMulNBits weight bits and
+    float type) and rotary-table length (the longest context it can run), the vision graph's float type, and the
+    embedding table's dtype. Reads the graphs without their external weights (kilobytes to a few megabytes)."""
+    root = Path(directory)
+    manifest_path = root / MANIFEST_FILE
+    precision, model = manifest["precision"], manifest["model"]
+    decoder_path = root / manifest["roles"]["decoder"]
+    decoder = _read_graph(decoder_path, "decoder")
+    found = _decoder_precision(decoder)
+    if found != precision["decoder"]:
+        raise EdgeVLMError(f"{manifest_path} says the decoder is {precision['decoder']}, but {decoder_path} is an "
+                           f"{found} graph: the manifest does not match the bundle; export it again")
+    positions = _rotary_positions(decoder)
+    if positions is not None and model["context_length"] > positions:
+        raise EdgeVLMError(f"{manifest_path}: model.context_length {model['context_length']} is more than the decoder "
+                           f"{decoder_path} can run (its rotary tables hold {positions} positions): {_DAMAGED}")
+    vision_path = root / manifest["roles"]["vision"]
+    found = "fp16" if any(t.data_type == _FLOAT16 for t in _read_graph(vision_path, "vision model").graph.initializer) \
+        else "fp32"
+    if found != precision["vision"]:
+        raise EdgeVLMError(f"{manifest_path} says the vision part is {precision['vision']}, but {vision_path} is an "
+                           f"{found} graph: the manifest does not match the bundle; export it again")
+    dtype = _npy_dtype(root / manifest["roles"]["embeddings"])
+    if dtype != precision["embeddings"]:
+        raise EdgeVLMError(f"{manifest_path} says the embeddings are {precision['embeddings']}, but "
+                           f"{root / manifest['roles']['embeddings']} holds {dtype}: {_DAMAGED}")
+
+
+# ---------------------------------------------------------------------------------------------- reading ONNX graphs
+# ONNX files are protobuf messages. The few fields read here are decoded with protobuf (which onnxruntime depends
+# on) and a message subset declared with onnx.proto's field numbers: the `onnx` package is an export-side install,
+# and importing it costs most of a second (ml_dtypes) on every `ask --bundle`. Fields not declared are skipped.
+_FLOAT, _FLOAT16 = 1, 10  # onnx.TensorProto.DataType
+_ONNX_SUBSET = {  # message: {field: (number, type, repeated)}; a type in capitals is another message here
+    "Model": {"graph": (7, "Graph", False)},
+    "Graph": {"node": (1, "Node", True), "initializer": (5, "Tensor", True), "input": (11, "ValueInfo", True)},
+    "Node": {"input": (1, "string", True), "op_type": (4, "string", False), "attribute": (5, "Attribute", True)},
+    "Attribute": {"name": (1, "string", False), "i": (3, "int64", False)},
+    "Tensor": {"dims": (1, "int64", True), "data_type": (2, "int32", False), "name": (8, "string", False)},
+    "ValueInfo": {"name": (1, "string", False), "type": (2, "Type", False)},
+    "Type": {"tensor_type": (1, "TensorType", False)},
+    "TensorType": {"elem_type": (1, "int32", False)},
+}
+_MODEL_CLASS = None
+
+
+def _model_class():
+    global _MODEL_CLASS
+    if _MODEL_CLASS is None:
+        from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+        field = descriptor_pb2.FieldDescriptorProto
+        scalar = {"string": field.TYPE_STRING, "int64": field.TYPE_INT64, "int32": field.TYPE_INT32}
+        package = "edge_vlm_onnx_subset"
+        file = descriptor_pb2.FileDescriptorProto(name=f"{package}.proto", package=package, syntax="proto2")
+        for name, fields in _ONNX_SUBSET.items():
+            message = file.message_type.add(name=name)
+            for field_name, (number, kind, repeated) in fields.items():
+                entry = message.field.add(name=field_name, number=number, type=scalar.get(kind, field.TYPE_MESSAGE),
+                                          label=field.LABEL_REPEATED if repeated else field.LABEL_OPTIONAL)
+                if kind not in scalar:
+                    entry.type_name = f".{package}.{kind}"
+        pool = descriptor_pool.DescriptorPool()
+        pool.Add(file)
+        descriptor = pool.FindMessageTypeByName(f"{package}.Model")
+        get_class = getattr(message_factory, "GetMessageClass", None)  # protobuf >= 4.21; older: the factory
+        _MODEL_CLASS = get_class(descriptor) if get_class else message_factory.MessageFactory(pool).GetPrototype(
+            descriptor)
+    return _MODEL_CLASS
+
+
+def _read_graph(path: Path, what: str):
+    """The model's graph structure (nodes, initializer names / types / dims, inputs), external data not read."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise EdgeVLMError(f"cannot read the {what} {path}: {exc.strerror or exc}") from exc
+    model_class = _model_class()
+    try:
+        model = model_class.FromString(data)
+    except Exception as exc:  # protobuf's DecodeError, whose module differs between its implementations
+        raise EdgeVLMError(f"cannot load the {what} {path}: it is not an ONNX graph ({exc}). The file may be "
+                           "truncated or damaged: re-export the bundle") from exc
+    if not model.graph.node:
+        raise EdgeVLMError(f"cannot load the {what} {path}: it holds no ONNX graph. The file may be truncated or "
+                           "damaged: re-export the bundle")
+    return model
+
+
+def _decoder_precision(model) -> str:
+    """int4 / int8 when the graph's MatMulNBits nodes hold 4-bit (an 8-bit lm_head beside them is allowed) or only
+    8-bit weights; otherwise fp16 / fp32 after the type of its inputs_embeds."""
+    bits = {attribute.i for node in model.graph.node if node.op_type == "MatMulNBits"
+            for attribute in node.attribute if attribute.name == "bits"}
+    if 4 in bits:
+        return "int4"
+    if 8 in bits:
+        return "int8"
+    types = {value.name: value.type.tensor_type.elem_type for value in model.graph.input}
+    return "fp16" if types.get("inputs_embeds") == _FLOAT16 else "fp32"
+
+
+def _rotary_positions(model) -> int | None:
+    """Rows of the decoder's rotary cos table (GroupQueryAttention's cos_cache input): the positions it can encode.
+    None when the graph has no such table (then the runtime meets the limit, if any, itself)."""
+    names = {node.input[7] for node in model.graph.node if node.op_type == "GroupQueryAttention"
+             and len(node.input) > 7 and node.input[7]}
+    rows = [tensor.dims[0] for tensor in model.graph.initializer if tensor.name in names and tensor.dims]
+    return min(rows) if rows else None
+
+
+def _npy_dtype(path: Path) -> str:
+    import numpy as np
+
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False).dtype.name  # the header only: the rows stay on disk
+    except OSError as exc:
+        raise EdgeVLMError(f"cannot read the embedding table {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise EdgeVLMError(f"cannot read the embedding table {path}: {exc}; re-export the bundle") from exc
 
 
 @dataclass
@@ -105,10 +321,12 @@ class Bundle:
 
     @classmethod
     def open(cls, directory: str | Path, verify: str = "hash") -> Bundle:
-        """Read the manifest and check the files (`verify`: 'hash' (default), 'size' or 'none')."""
+        """Read and check the manifest, check the files (`verify`: 'hash' (default), 'size' or 'none') and the
+        manifest against them (always: it reads only the graphs' structure and the embedding table's header)."""
         path = Path(directory)
         manifest = read_manifest(path)
         verify_files(path, manifest, verify)
+        check_contents(path, manifest)
         return cls(path, manifest)
 
     def file(self, role: str) -> Path:
