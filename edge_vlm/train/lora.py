@@ -3,7 +3,9 @@
 LoRA adapts the Phi Linear layers of the language model (never the CLIP tower's, which share the names fc1/fc2).
 The stage's other trainable parts (projector, vision tower, lm_head when asked) are trained fully as peft
 `modules_to_save`, so the saved adapter holds everything the run changed.
-QLoRA loads the base in 4-bit NF4 (bitsandbytes); the projector, the vision tower and lm_head stay in full precision.
+QLoRA loads the base in 4-bit NF4 (bitsandbytes); the projector, the vision tower and lm_head stay in full precision,
+and so do the decoder layers bitsandbytes' AVX-512 BF16 CPU kernel cannot pack (edge_vlm.export.bnb.nf4_skip_modules)
+on every machine, so that a run, its merge and its evaluation agree on which weights are 4-bit wherever they run.
 """
 
 from __future__ import annotations
@@ -18,19 +20,24 @@ from edge_vlm.errors import EdgeVLMError
 from edge_vlm.train.config import TrainConfig
 
 ADAPTER_DIR = "adapter"
-# transformers 5 needs full module paths here: short names are ignored silently (stack.md).
-QLORA_SKIP_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
 _MODULES_TO_SAVE = {"projector": "multi_modal_projector", "vision_tower": "vision_tower", "lm_head": "lm_head"}
 
 
-def qlora_quantization_config():
-    """NF4 4-bit with double quantization (the QLoRA paper's choice); compute in bf16 on a GPU, fp32 on CPU."""
+def qlora_quantization_config(base_dir: str | Path, note: bool = True):
+    """NF4 4-bit with double quantization (the QLoRA paper's choice) for the checkpoint in `base_dir`; compute in bf16
+    on a GPU, fp32 on CPU. The layers bitsandbytes' CPU packing cannot take stay in float on every machine (not only
+    on the CPUs that pack): the merge must dequantize exactly the layers the run trained against in 4-bit, and may
+    run on another machine (`edge-vlm train --merge`)."""
     require("bitsandbytes")
     from transformers import BitsAndBytesConfig
 
+    from edge_vlm.export.bnb import nf4_skip_modules
+
+    skip = nf4_skip_modules(base_dir, keep_unpackable=True, instead="train it with plain LoRA (qlora: false)",
+                            note=note)
     compute = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute, llm_int8_skip_modules=list(QLORA_SKIP_MODULES))
+                              bnb_4bit_compute_dtype=compute, llm_int8_skip_modules=skip)
 
 
 def lora_target_regex(names: list[str]) -> str:
@@ -71,7 +78,9 @@ def _dequantized_base_weights(base_dir: str | Path) -> dict[str, torch.Tensor]:
     from edge_vlm.model.checkpoint import load_checkpoint
 
     device_map = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
-    quantized, _, _ = load_checkpoint(base_dir, quantization_config=qlora_quantization_config(), device_map=device_map)
+    # note=False: the run said which layers stay in float when it loaded the same base
+    config = qlora_quantization_config(base_dir, note=False)
+    quantized, _, _ = load_checkpoint(base_dir, quantization_config=config, device_map=device_map)
     weights = {}
     for name, module in quantized.named_modules():
         if isinstance(module, bnb.nn.Linear4bit):

@@ -22,7 +22,8 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def _load_bitsandbytes(directory: str, bits: str, device: str):
     """(model, tokenizer, meta) with the decoder's matmuls in bitsandbytes int8 / nf4, through the export package's
-    loader (one definition of the skip list for `ask` and `bench`: vision, projector and lm_head stay float)."""
+    loader (one definition of the skip list for `ask` and `bench`: vision, projector and lm_head stay float, and in
+    nf4 on CPU so do the layers bitsandbytes' CPU kernel cannot pack)."""
     from edge_vlm.export.bnb import load_quantized
     from edge_vlm.model.checkpoint import read_meta
     from edge_vlm.tokenizer import TextTokenizer
@@ -179,6 +180,10 @@ class TorchBackend:
             import bitsandbytes
 
             info["versions"]["bitsandbytes"] = bitsandbytes.__version__
+            # decoder Linear layers the loader kept in float (nf4 on a CPU whose bitsandbytes kernel cannot pack them):
+            # their weights count at full width in decode_bytes
+            info["bitsandbytes_float_layers"] = sum(
+                type(m) is torch.nn.Linear for m in self.model.model.language_model.modules())
         return info
 
 
