@@ -168,7 +168,7 @@ def train(config: TrainConfig, dataset=None, resume: bool | str | None = False, 
     step_rng = ckpt.rng_state()
     if resume_dir is not None:
         global_step, epoch, step_in_epoch, order, losses = _restore(
-            accelerator, resume_dir, config, model, optimizer, scheduler, trainable_names, sharded)
+            accelerator, resume_dir, config, model, optimizer, scheduler, trainable_names, sharded, len(dataset))
         say(f"resumed from {resume_dir} at step {global_step} (epoch {epoch}, step {step_in_epoch} of the epoch)")
     elif main:
         out.mkdir(parents=True, exist_ok=True)
@@ -383,10 +383,15 @@ def _save(accelerator, out: Path, global_step: int, model, optimizer, scheduler,
 
 
 def _restore(accelerator, directory: Path, config: TrainConfig, model, optimizer, scheduler, names: list[str],
-             sharded: bool):
+             sharded: bool, num_samples: int):
     saved = ckpt.load_training_state(directory)
     info = saved["trainer_state"]
     _check_resumable(config, info.get("config", {}), directory)
+    # The saved sample order is a permutation of the data's samples as they were: with more or fewer usable samples
+    # now, the same positions would be other samples (a bad picture that is skipped still counts: it stays in place).
+    if len(saved["sample_order"]) != num_samples:
+        raise EdgeVLMError(f"cannot resume from {directory}: the training data changed ({len(saved['sample_order'])} "
+                           f"usable samples then, {num_samples} now); restore it or start a new output_dir")
     if sharded:
         accelerator.load_state(str(directory / "engine"))
     else:

@@ -62,3 +62,39 @@ def test_resume_refuses_a_changed_config_and_an_existing_run(make_config, tmp_pa
         train(changed, resume=True)
     with pytest.raises(EdgeVLMError, match="not a training checkpoint"):
         train(config, resume=str(tmp_path))
+
+
+def test_a_run_skipping_a_broken_picture_resumes_past_it(make_config, tiny_world, tmp_path, monkeypatch, capfd):
+    """on_bad_sample: skip -- the broken picture is skipped in both epochs, also by the resumed run, which then
+    reproduces the uninterrupted run's losses exactly."""
+    import shutil
+
+    from edge_vlm.train import loop
+
+    world = tmp_path / "world"
+    shutil.copytree(tiny_world, world)
+    picture = world / "images" / "000.png"
+    picture.write_bytes(picture.read_bytes()[:60])  # a PNG cut short: its header reads, its pixels do not
+    kwargs = dict(data_path=str(world / "finetune.json"), on_bad_sample="skip", num_epochs=2)
+    reference = train(make_config(output_dir=str(tmp_path / "whole"), **kwargs))
+    assert reference.steps == 8 and "000.png" in capfd.readouterr().err
+
+    steps = {"n": 0}
+    real_step = loop._optimizer_step
+
+    def interrupted(*args, **kw):  # Ctrl-C during step 5: the loop saves step 4 and stops
+        steps["n"] += 1
+        if steps["n"] == 5:
+            raise KeyboardInterrupt
+        return real_step(*args, **kw)
+
+    config = make_config(output_dir=str(tmp_path / "cut"), **kwargs)
+    monkeypatch.setattr(loop, "_optimizer_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    monkeypatch.setattr(loop, "_optimizer_step", real_step)
+    assert [p.name for p in state.list_checkpoints(tmp_path / "cut")] == ["step-0000004"]
+    capfd.readouterr()
+    resumed = train(config, resume=True)  # epoch 2 (steps 5-8) holds the broken picture again
+    assert "000.png" in capfd.readouterr().err
+    assert resumed.steps == 8 and resumed.losses == reference.losses
