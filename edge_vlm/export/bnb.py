@@ -108,7 +108,7 @@ def load_quantized(directory: str | Path, bits: int = 4, compute_dtype=None, dev
     require("bitsandbytes")
     from transformers import BitsAndBytesConfig
 
-    from edge_vlm.model.checkpoint import check_checkpoint_dir
+    from edge_vlm.model.checkpoint import check_checkpoint_dir, refuse_partial_load
     from edge_vlm.model.modeling import LlavaPhiForConditionalGeneration
 
     if bits not in (4, 8):
@@ -128,12 +128,13 @@ def load_quantized(directory: str | Path, bits: int = 4, compute_dtype=None, dev
         skip = list(SKIP_MODULES)
         config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     try:
-        model = LlavaPhiForConditionalGeneration.from_pretrained(
+        model, info = LlavaPhiForConditionalGeneration.from_pretrained(
             path, quantization_config=config, device_map=device_map, dtype=compute_dtype if bits == 4 else None,
-            use_safetensors=True,
+            use_safetensors=True, output_loading_info=True,
         )
     except (OSError, ValueError, RuntimeError) as exc:
         raise EdgeVLMError(f"cannot load {path} with bitsandbytes {bits}-bit: {exc}") from exc
+    refuse_partial_load(path, info)  # transformers only warns about missing tensors (random values)
     _check_skipped(model, skip)
     return model.eval()
 

@@ -129,7 +129,7 @@ def read_tensors(file: Path, keys: list[str] | None = None) -> dict:
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds (pickle, zip, RuntimeError) for a bad file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = (str(exc).strip() or type(exc).__name__).splitlines()[0].split(". ")[0]  # torch adds paragraphs
         raise EdgeVLMError(f"cannot read {file} as PyTorch weights (weights_only=True): {first}") from exc
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):

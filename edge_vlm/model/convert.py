@@ -193,21 +193,22 @@ def convert_lp_checkpoint(src: str | Path, dst: str | Path, force: bool = False)
         config = make_config(lp_spec(lp_config), image_token_id=tokenizer.image_token_id)
     except (TypeError, ValueError, KeyError) as exc:  # a value of the wrong type or range in config.json
         raise EdgeVLMError(f"{src / 'config.json'}: {exc}") from exc
-    sources = weight_sources(src)  # a missing shard is refused before anything is written
-    # Opened before the weights are read: an existing DST without --force, or a user's folder, is refused at once.
-    with atomic_dir(Path(dst), force=force, replaceable=is_checkpoint_dir, what="checkpoint") as tmp:
-        state: dict[str, torch.Tensor] = {}
-        for file, keys in sources:
-            state.update(read_tensors(file, keys))
-        state = map_lp_state_dict(state, config.text_config.num_attention_heads)
-        with torch.device("meta"):
-            expected = {k: v.shape for k, v in LlavaPhiForConditionalGeneration(config).state_dict().items()}
-        check_against_model(state, expected, src)
-        model = LlavaPhiForConditionalGeneration(config)
-        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-        aspect = "pad" if lp_config.get("image_aspect_ratio", "pad") == "pad" else "square"
-        image = ImageConfig(image_size=config.vision_config.image_size, aspect=aspect)
-        # The folder's name only: a written file never records where the user keeps things.
-        meta = CheckpointMeta(image=image, source=f"converted from LP checkpoint {src.resolve().name}")
+    dst = Path(dst)
+    if (dst.exists() or dst.is_symlink()) and not force:  # the common slip, refused before the slow reading
+        raise EdgeVLMError(f"{dst} already exists; pass --force to replace it")
+    state: dict[str, torch.Tensor] = {}
+    for file, keys in weight_sources(src):  # a missing shard is refused before any tensor is read
+        state.update(read_tensors(file, keys))
+    state = map_lp_state_dict(state, config.text_config.num_attention_heads)
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in LlavaPhiForConditionalGeneration(config).state_dict().items()}
+    check_against_model(state, expected, src)
+    model = LlavaPhiForConditionalGeneration(config)
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    aspect = "pad" if lp_config.get("image_aspect_ratio", "pad") == "pad" else "square"
+    image = ImageConfig(image_size=config.vision_config.image_size, aspect=aspect)
+    # The folder's name only: a written file never records where the user keeps things.
+    meta = CheckpointMeta(image=image, source=f"converted from LP checkpoint {src.resolve().name}")
+    with atomic_dir(dst, force=force, replaceable=is_checkpoint_dir, what="checkpoint") as tmp:
         write_checkpoint(model.eval(), tokenizer, tmp, meta)
-    return Path(dst)
+    return dst
