@@ -62,9 +62,9 @@ def read_text_file(path: str | Path, what: str, max_bytes: int | None = None, ki
                            f"{exc.start}); save it as UTF-8") from exc
 
 
-def parse_json(text: str, path: str | Path, what: str):
+def parse_json(text: str, path: str | Path, what: str, first_line: int = 1):
     """Strict JSON (NaN and Infinity are not JSON, though Python's reader takes them); errors are one line
-    `path:line:col: problem`."""
+    `path:line:col: problem`. `first_line`: the file's line that `text` starts on (JSON lines)."""
     import json
 
     def refuse(constant):
@@ -73,9 +73,11 @@ def parse_json(text: str, path: str | Path, what: str):
     try:
         return json.loads(text, parse_constant=refuse)
     except json.JSONDecodeError as exc:
-        raise EdgeVLMError(f"{path}:{exc.lineno}:{exc.colno}: {exc.msg} (the {what} is not valid JSON)") from exc
+        line = exc.lineno + first_line - 1
+        raise EdgeVLMError(f"{path}:{line}:{exc.colno}: {exc.msg} (the {what} is not valid JSON)") from exc
     except (ValueError, RecursionError) as exc:
-        raise EdgeVLMError(f"{path}: {exc} (in the {what})") from exc
+        where = path if "\n" in text.strip() else f"{path}:{first_line}"  # the line is known for one-line text
+        raise EdgeVLMError(f"{where}: {exc} (in the {what})") from exc
 
 
 def load_yaml(text: str, path: str | Path = "<text>", what: str = "YAML"):

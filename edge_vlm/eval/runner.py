@@ -269,8 +269,6 @@ def score_answer_file(benchmark: str | Benchmark, data_dir, answers_file: str | 
     dataset = bench.load(data_dir, question_file, image_folder)
     items = dataset.items[:limit] if limit else dataset.items
     path = Path(answers_file)
-    if out_dir is not None:
-        check_output_parent(Path(out_dir) / SCORES, "scores")
     records = read_jsonl(path, "answers file")
     for number, record in enumerate(records, 1):
         if "text" in record and not isinstance(record["text"], str):

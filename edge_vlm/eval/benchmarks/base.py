@@ -193,7 +193,7 @@ def read_jsonl(path: Path, what: str = "JSON lines file") -> list[dict]:
     for number, line in enumerate(read_text_file(path, what, kind="JSON").splitlines(), 1):
         if not line.strip():
             continue
-        record = parse_json(line, f"{path}:{number}", what)
+        record = parse_json(line, path, what, first_line=number)
         if not isinstance(record, dict):
             raise EdgeVLMError(f"{path}:{number}: expected a JSON object per line, got {type(record).__name__}")
         records.append(record)
