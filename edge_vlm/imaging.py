@@ -1,14 +1,21 @@
 """Image loading and CLIP preprocessing in numpy/PIL (no torch).
 
-Shared by training (model/, data/) and deployment (runtime/), so both sides see identical pixels.
-The steps follow transformers' `CLIPImageProcessorPil` exactly (a test compares them); the padding follows
-LLaVA's `expand2square` (reference §5). Written here rather than calling transformers because the runtime
+Shared by training (model/, data/) and deployment (runtime/), so both sides see identical pixels. docs/preprocessing.md
+says how a picture becomes pixel values and which pictures are refused. In short: a picture is read as LLaVA reads it
+(`Image.open(path).convert("RGB")`: alpha dropped, no EXIF rotation), except that 16-bit pictures are scaled to 8 bits
+instead of saturating; then LLaVA's `expand2square` (pad mode) and the steps of transformers' CLIP image processor
+(tests compare both against the upstream code). Written here rather than calling transformers because the runtime
 must not depend on transformers or torch.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import re
+import stat
+import threading
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,9 +29,22 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # The CLIP mean as 8-bit RGB: the colour LLaVA pads with.
 PAD_COLOR = (122, 116, 104)
 
+# The most pixels a picture, or any intermediate picture of `preprocess` (the padded square, the resized picture
+# before the crop), may have: 150 megapixels, 450 MB as 8-bit RGB. Above every common camera (a 108 MP phone photo
+# passes, padded square included); it refuses decompression bombs from their header, before anything is decoded.
+MAX_IMAGE_PIXELS = 150_000_000
+
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 ASPECT_MODES = ("pad", "square")
+
+# PIL's own bomb check warns (above 89.5 MP) or raises (above 179 MP) inside Image.open, through the process-wide
+# warnings filters. We silence its warning for our reads only, since MAX_IMAGE_PIXELS is checked right after; the lock
+# keeps two of our threads from restoring each other's filters in the wrong order.
+_OPEN_LOCK = threading.Lock()
+
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
 @dataclass
@@ -54,28 +74,115 @@ class ImageConfig:
         return cls(**known)
 
 
+# ------------------------------------------------------------------------------------------------ reading
+
+
 def load_image(image: ImageInput) -> Image.Image:
     """Open a path, PIL image or numpy array (HxW or HxWxC, uint8/uint16/float in [0,1]) as a decoded PIL image.
 
-    Raises EdgeVLMError with the path for a missing file, a directory, or an unreadable / truncated image.
+    Raises EdgeVLMError naming the file for: a missing file, a directory or other non-regular file (FIFO, device,
+    socket: refused before opening, so a FIFO cannot hang the read), an empty file, an unknown format, a picture
+    over MAX_IMAGE_PIXELS (checked from the header, before decoding) and a truncated or damaged picture (decoded
+    here, so it fails now rather than later in the model).
     """
     if isinstance(image, Image.Image):
-        return image
+        return _checked_pil(image)
     if isinstance(image, np.ndarray):
         return _array_to_pil(image)
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.exists():
-            raise EdgeVLMError(f"image not found: {path}")
-        if path.is_dir():
-            raise EdgeVLMError(f"expected an image file but got a directory: {path}")
-        try:
-            with Image.open(path) as opened:
-                opened.load()  # decode now: a truncated file fails here, not later in the model
-                return opened.copy()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise EdgeVLMError(f"cannot read image {path}: {exc}") from exc
+        return _read_file(Path(image))
     raise EdgeVLMError(f"unsupported image type {type(image).__name__}: give a path, a PIL image or a numpy array")
+
+
+def decode_image_bytes(data: bytes, what: str) -> Image.Image:
+    """An encoded picture held in memory (base64 in a TSV, a ROS CompressedImage) -> decoded PIL image, with the
+    same bounds and one-line errors as a file; `what` names it in the errors."""
+    if not data:
+        raise EdgeVLMError(f"image {what} is empty (0 bytes)")
+    return _decode(io.BytesIO(data), what)
+
+
+def _read_file(path: Path) -> Image.Image:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise EdgeVLMError(f"image not found: {path}") from None
+    except OSError as exc:  # a symlink loop, no permission on a folder, a path through a file
+        raise EdgeVLMError(f"cannot read image {path}: {exc.strerror or exc}") from exc
+    _require_regular_file(path, info.st_mode)
+    if info.st_size == 0:
+        raise EdgeVLMError(f"image {path} is empty (0 bytes)")
+    try:
+        # O_NONBLOCK: should the path become a FIFO after the stat, opening it still returns at once.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise EdgeVLMError(f"cannot read image {path}: {exc.strerror or exc}") from exc
+    with os.fdopen(fd, "rb") as file:
+        _require_regular_file(path, os.fstat(fd).st_mode)  # what was opened, not what the path named a moment ago
+        image = _decode(file, str(path))
+    image.filename = str(path)  # PIL's own attribute (empty for an open file object): later errors can name the file
+    return image
+
+
+def _require_regular_file(path: Path, mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise EdgeVLMError(f"expected an image file but got a directory: {path}")
+    kind = next((f"{name}, " for test, name in _FILE_KINDS if test(mode)), "")
+    raise EdgeVLMError(f"image {path} is {kind}not a regular file: give a picture file")
+
+
+def _decode(file, what: str) -> Image.Image:
+    """Open (header only), check the size, then decode the first frame. PIL raises assorted exception types on damaged
+    data (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, ...): every one is the file's fault
+    here, so all become one line naming the file."""
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(file)
+    except Image.DecompressionBombError as exc:  # over PIL's own hard limit (or a limit the caller set on PIL)
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = int(found.group(1)) if found else None
+        if pixels is None or pixels <= MAX_IMAGE_PIXELS:  # PIL's limit was lowered below ours by someone
+            raise EdgeVLMError(f"image {what} is refused by PIL: {_reason(exc)}") from exc
+        raise EdgeVLMError(f"image {what} is too large: {pixels:,} pixels, over the bound of {MAX_IMAGE_PIXELS:,} "
+                           "(a decompression bomb, or a picture to downscale first)") from exc
+    except UnidentifiedImageError as exc:
+        raise EdgeVLMError(f"cannot read image {what}: not a picture in a format PIL reads") from exc
+    except Exception as exc:
+        raise EdgeVLMError(f"cannot read image {what}: {_reason(exc)}") from exc
+    check_pixels(image.size, what)
+    try:
+        image.load()
+    except Exception as exc:
+        raise EdgeVLMError(f"cannot read image {what}: {_reason(exc)}") from exc
+    return image
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())  # one line, whatever the library put in its message
+    return text or type(exc).__name__
+
+
+def check_pixels(size: tuple[int, int], what: str) -> None:
+    """Refuse a picture with no pixels or more than MAX_IMAGE_PIXELS (from its header, before it is decoded)."""
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise EdgeVLMError(f"image {what} has no pixels ({width} x {height})")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise EdgeVLMError(f"image {what} is too large: {width} x {height} = {width * height:,} pixels, over the "
+                           f"bound of {MAX_IMAGE_PIXELS:,} (a decompression bomb, or a picture to downscale first)")
+
+
+def _checked_pil(image: Image.Image) -> Image.Image:
+    what = _describe(image)
+    check_pixels(image.size, what)
+    try:
+        image.load()  # a lazily opened image decodes here, so a damaged one fails with one line
+    except Exception as exc:
+        raise EdgeVLMError(f"cannot read image {what}: {_reason(exc)}") from exc
+    return image
 
 
 def _array_to_pil(array: np.ndarray) -> Image.Image:
@@ -84,30 +191,87 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
         raise EdgeVLMError(f"image array must be HxW, HxWx3 or HxWx4, got shape {array.shape}")
     if array.size == 0:
-        raise EdgeVLMError("image array is empty")
+        raise EdgeVLMError(f"image array is empty (shape {array.shape})")
+    check_pixels((array.shape[1], array.shape[0]), f"array of shape {array.shape}")
     if np.issubdtype(array.dtype, np.floating):
         array = np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8)
     elif array.dtype == np.uint16:
-        array = (array >> 8).astype(np.uint8)
+        array = _scale_to_8bit(array, 65535.0)  # as a 16-bit file is read (to_rgb)
     elif array.dtype != np.uint8:
         raise EdgeVLMError(f"image array dtype {array.dtype} is not supported (use uint8, uint16 or float in [0, 1])")
     return Image.fromarray(array)
 
 
+# ------------------------------------------------------------------------------------------------ RGB
+
+
+def _scale_to_8bit(data: np.ndarray, top: float) -> np.ndarray:
+    """[0, top] -> [0, 255], rounded to nearest; values outside are clipped."""
+    return np.clip(data.astype(np.float64) * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB. Transparency is composited onto white (as transformers does);
-    16- and 32-bit images are scaled to 8 bits rather than clipped, so a full-range 16-bit image keeps its contrast."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        data = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or data.max() > 255 else 255.0
-        if image.mode == "F":
-            top = 1.0 if data.max() <= 1.0 else 255.0
-        image = Image.fromarray(np.clip(data / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image if image.mode == "RGB" else image.convert("RGB")
+    """Any PIL mode -> 8-bit RGB, as `image.convert("RGB")` does it: that is how LLaVA read every training picture, so
+    alpha is dropped (transparent pixels keep the colour they store), palette transparency is ignored, CMYK and
+    grayscale use PIL's formulas, and no EXIF rotation is applied.
+
+    One deliberate difference, where PIL's conversion saturates: 16-bit pictures (I;16*, and 32-bit I holding values
+    above 255) are scaled from [0, 65535] to [0, 255], and float pictures (F) within [0, 1] from [0, 1], rounded to
+    nearest; PIL would clip them to 255 (16-bit) or to 0 and 1 (float), losing the picture.
+    """
+    mode = image.mode
+    if mode.startswith("I;16"):
+        image = Image.fromarray(_scale_to_8bit(np.asarray(image), 65535.0))
+    elif mode == "I" and np.asarray(image).max() > 255:
+        image = Image.fromarray(_scale_to_8bit(np.asarray(image), 65535.0))
+    elif mode == "F" and np.asarray(image).max() <= 1.0:
+        image = Image.fromarray(_scale_to_8bit(np.asarray(image), 1.0))
+    if "transparency" in image.info:
+        # The RGB pixels do not depend on it. Dropping it keeps PIL's advice about palette transparency off stderr,
+        # and keeps the key off the result (transformers' processor would composite such an RGB image on white).
+        image = image.copy()
+        del image.info["transparency"]
+    if image.mode == "RGB":
+        return image
+    try:
+        return image.convert("RGB")
+    except ValueError as exc:  # a mode PIL cannot convert (premultiplied La, ...)
+        raise EdgeVLMError(f"cannot convert an image of mode {image.mode} to RGB: {exc}") from exc
+
+
+def check_geometry(size: tuple[int, int], config: ImageConfig, what: str) -> None:
+    """Refuse a picture whose padded square (pad) or resized picture (square) would exceed MAX_IMAGE_PIXELS: a long,
+    thin picture is small on disk, yet its padded square is its long side squared."""
+    width, height = size
+    if config.aspect == "pad":
+        side = max(width, height)
+        big = (side, side)
+    else:
+        short, long = min(width, height), max(width, height)
+        big = (config.image_size, int(config.image_size * long / short))
+    if big[0] * big[1] > MAX_IMAGE_PIXELS:
+        raise EdgeVLMError(f"image {what} ({width} x {height}) would become {big[0]} x {big[1]} pixels in "
+                           f"{config.aspect!r} preprocessing, over the bound of {MAX_IMAGE_PIXELS:,}: crop it first")
+
+
+def _describe(image: ImageInput) -> str:
+    if isinstance(image, (str, os.PathLike)):
+        return str(image)
+    if isinstance(image, np.ndarray):
+        return f"array of shape {image.shape}"
+    return getattr(image, "filename", "") or f"(a PIL {getattr(image, 'mode', '?')} image)"
+
+
+def read_rgb(image: ImageInput, config: ImageConfig | None = None) -> Image.Image:
+    """The picture as 8-bit RGB, checked to fit `config`'s preprocessing: every check of `preprocess` without the
+    resize (what `edge-vlm data validate` runs on every training picture)."""
+    config = config or ImageConfig()
+    rgb = to_rgb(load_image(image))
+    check_geometry(rgb.size, config, _describe(image))
+    return rgb
+
+
+# ------------------------------------------------------------------------------------------------ CLIP steps
 
 
 def expand_to_square(image: Image.Image, color: tuple[int, int, int] = PAD_COLOR) -> Image.Image:
@@ -144,7 +308,7 @@ def _center_crop(array: np.ndarray, size: int) -> np.ndarray:
 def preprocess(image: ImageInput, config: ImageConfig | None = None) -> np.ndarray:
     """One image -> float32 pixel values [3, S, S] (CLIP-normalised)."""
     config = config or ImageConfig()
-    rgb = to_rgb(load_image(image))
+    rgb = read_rgb(image, config)
     if config.aspect == "pad":
         rgb = expand_to_square(rgb)
     resized = _resize_shortest_edge(rgb, config.image_size)

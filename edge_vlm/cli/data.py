@@ -35,8 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     check = sub.add_parser("validate", help="check a data file and report bad samples by kind",
                            description="Read a LLaVA JSON / ShareGPT file and report every problem (missing image, "
-                                       "<image> missing or doubled, roles not alternating, empty turns, too long). "
-                                       "Exit status 1 when a problem is found.")
+                                       "<image> missing or doubled, roles not alternating, empty turns, too long) "
+                                       "and every picture that training could not read (decoded as training "
+                                       "decodes it). The report goes to stdout; when a problem is found, a "
+                                       "one-line summary goes to stderr and the exit status is 2.")
     check.add_argument("file", help="a .json or .jsonl file")
     check.add_argument("--format", choices=("llava", "sharegpt"), default="llava")
     check.add_argument("--stage", choices=("sft", "pretrain", "finetune"), default="finetune")
@@ -45,6 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("--tokenizer", default=None, help="a directory with tokenizer.json (enables the length check)")
     check.add_argument("--context-length", type=int, default=2048)
     check.add_argument("--num-image-tokens", type=int, default=576)
+    check.add_argument("--aspect", choices=("pad", "square"), default=None,
+                       help="preprocessing the pictures are checked for (default: square for pretrain, else pad)")
+    check.add_argument("--no-decode", action="store_true",
+                       help="check that the picture files exist, without decoding them (faster)")
     parser.set_defaults(_parser=parser)
 
 
@@ -80,12 +86,18 @@ def _validate(args: argparse.Namespace) -> int:
 
     from edge_vlm.data.formats import read_llava_json, read_sharegpt
     from edge_vlm.data.validate import validate
+    from edge_vlm.errors import EdgeVLMError
+    from edge_vlm.imaging import ImageConfig
     from edge_vlm.tokenizer import TextTokenizer
 
     samples = (read_sharegpt if args.format == "sharegpt" else read_llava_json)(args.file)
     tokenizer = TextTokenizer.from_dir(args.tokenizer) if args.tokenizer else None
     image_root = args.image_root if args.image_root is not None else Path(args.file).parent
+    aspect = args.aspect or ("square" if args.stage == "pretrain" else "pad")
     _, report = validate(samples, stage=args.stage, image_root=image_root, tokenizer=tokenizer,
                          num_image_tokens=args.num_image_tokens, context_length=args.context_length,
-                         on_error="skip", source=args.file, log=print)
-    return 0 if report.ok else 1
+                         on_error="skip", source=args.file, log=print, decode_images=not args.no_decode,
+                         image_config=ImageConfig(aspect=aspect))
+    if not report.ok:
+        raise EdgeVLMError(report.one_line())
+    return 0

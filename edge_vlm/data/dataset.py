@@ -7,11 +7,16 @@ Stages (reference §3, §4, §6):
 - "finetune" (stage 2): phi-2_v0 template, images padded to a square (aspect "pad"), text-only samples allowed.
 Labels come from TextTokenizer.encode_segments: every answer and its `<|endoftext|>` (stage 2) or the caption and
 its newline (stage 1) are supervised, everything else is -100, image positions always.
-Images are loaded lazily, one per __getitem__, so a 665k-sample file costs memory for its text only.
+Images are loaded lazily, one per __getitem__, so a 665k-sample file costs memory for its text only. A picture that
+cannot be read (truncated, empty, not a picture, over the size bound: edge_vlm.imaging) stops the run with one line
+naming the sample and the file (`on_bad_sample="stop"`), or is skipped (`"skip"`): the sample is replaced by a stand-in
+that trains nothing, a line on stderr names it, and `skipped` counts it. A resumed run reads the same samples again,
+so it skips the same ones.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from edge_vlm.data.formats import Sample
-from edge_vlm.data.validate import STAGES, render_sample, resolve_image
+from edge_vlm.data.validate import POLICIES, STAGES, render_sample, resolve_image
 from edge_vlm.errors import EdgeVLMError
 from edge_vlm.imaging import ImageConfig, preprocess
 from edge_vlm.tokenizer import IGNORE_INDEX, TextTokenizer
@@ -35,13 +40,16 @@ class SupervisedDataset(Dataset):
 
     Run edge_vlm.data.validate.validate first: a sample longer than `context_length` raises here rather than being
     truncated (truncation could cut the answer or the image tokens away without anyone noticing).
+    `on_bad_sample`: what an unreadable picture does, "stop" (raise) or "skip" (a stand-in item, see the module doc).
     """
 
     def __init__(self, samples: Sequence[Sample], tokenizer: TextTokenizer, stage: str,
                  image_root: str | Path | None = None, image_config: ImageConfig | None = None,
-                 num_image_tokens: int = 576, context_length: int = 2048):
+                 num_image_tokens: int = 576, context_length: int = 2048, on_bad_sample: str = "stop"):
         if stage not in STAGES:
             raise EdgeVLMError(f"unknown stage {stage!r}; choose one of {STAGES}")
+        if on_bad_sample not in POLICIES:
+            raise EdgeVLMError(f"on_bad_sample must be one of {POLICIES}, got {on_bad_sample!r}")
         if num_image_tokens <= 0 or context_length <= 0:
             raise EdgeVLMError(f"num_image_tokens ({num_image_tokens}) and context_length ({context_length}) "
                                "must be positive")
@@ -52,6 +60,8 @@ class SupervisedDataset(Dataset):
         self.image_config = image_config or default_image_config(stage, 336)
         self.num_image_tokens = num_image_tokens
         self.context_length = context_length
+        self.on_bad_sample = on_bad_sample
+        self.skipped: dict[str, str] = {}  # sample id -> why (in this process: DataLoader workers keep their own)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -89,11 +99,34 @@ class SupervisedDataset(Dataset):
         pixel_values = None
         if self.uses_image(sample):
             path = resolve_image(sample.image, self.image_root)
-            pixel_values = torch.from_numpy(preprocess(path, self.image_config))
+            try:
+                pixel_values = torch.from_numpy(preprocess(path, self.image_config))
+            except EdgeVLMError as exc:
+                return self._bad_picture(sample, exc)
         return {
             "input_ids": torch.tensor(ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
             "pixel_values": pixel_values,
+        }
+
+
+    def _bad_picture(self, sample: Sample, error: EdgeVLMError) -> dict:
+        if self.on_bad_sample == "stop":
+            raise EdgeVLMError(f"sample {sample.id}: {error}; fix or remove the sample, or set on_bad_sample: skip "
+                               "to train without it") from error
+        if sample.id not in self.skipped:
+            self.skipped[sample.id] = str(error)
+            print(f"skipped sample {sample.id} (on_bad_sample: skip; {len(self.skipped)} so far): {error}",
+                  file=sys.stderr, flush=True)
+        return self.stand_in()
+
+    def stand_in(self) -> dict:
+        """What a skipped sample becomes: one token, no label and no picture. It adds no supervised token to the loss
+        (which is a mean over supervised tokens) and keeps the batch's shape rules (no image tokens, no pixels)."""
+        return {
+            "input_ids": torch.tensor([self.tokenizer.eos_token_id], dtype=torch.long),
+            "labels": torch.tensor([IGNORE_INDEX], dtype=torch.long),
+            "pixel_values": None,
         }
 
 

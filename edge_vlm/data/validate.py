@@ -3,23 +3,34 @@
 Policy `on_error`: "skip" drops the bad samples and goes on, "stop" raises. Either way a summary is printed:
 nothing is dropped silently, and nothing is truncated (a sample longer than the context would lose its answer,
 or its image, without anyone noticing). Torch-free.
+
+Pictures: every image path is checked (present, a regular file, not empty) with one stat. `decode_images=True`
+(`edge-vlm data validate`) also decodes every picture with the training loader (edge_vlm.imaging.read_rgb: the
+checks and the decoding of `preprocess`, without the resize) and reports each bad one with its file and reason. A
+training run does not decode ahead (LLaVA-665K would take an hour); the dataset skips or stops on a bad picture when
+it reads it (edge_vlm.data.dataset, `on_bad_sample`).
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_vlm.data.formats import BAD_RECORD, IMAGE_TAG_MISPLACED, ROLES_NOT_ALTERNATING, Sample
 from edge_vlm.errors import EdgeVLMError
+from edge_vlm.imaging import ImageConfig, read_rgb
 from edge_vlm.prompting import IMAGE_PLACEHOLDER, Segment, render_chat, render_plain
 
 STAGES = ("sft", "pretrain", "finetune")
 POLICIES = ("skip", "stop")
 
 MISSING_IMAGE = "missing_image"
+BAD_IMAGE = "bad_image"
 IMAGE_TAG_MISSING = "image_tag_missing"
 IMAGE_TAG_DOUBLED = "image_tag_doubled"
 IMAGE_TAG_IN_TEXT_SAMPLE = "image_tag_in_text_sample"
@@ -33,6 +44,7 @@ PROBLEM_KINDS = {
     BAD_RECORD: "malformed record (no conversations list, unknown role, or a non-string image path)",
     ROLES_NOT_ALTERNATING: "roles do not alternate user/assistant starting with the user, or the last answer is missing",
     MISSING_IMAGE: "image file not found under the image root",
+    BAD_IMAGE: "image file unusable: not a regular file, empty, not a picture, truncated or damaged, or too large",
     IMAGE_TAG_MISSING: "image sample without <image> in its conversation",
     IMAGE_TAG_DOUBLED: "more than one <image> in an image sample",
     IMAGE_TAG_MISPLACED: "<image> is not in the first question",
@@ -47,7 +59,8 @@ PROBLEM_KINDS = {
 @dataclass
 class ValidationReport:
     """What validation found. `problems` maps a kind to the ids of the samples that have it (a sample may have
-    several kinds); `skipped` is the number of samples dropped."""
+    several kinds); `skipped` is the number of samples dropped; `image_reasons` maps the id of a sample whose picture
+    is unusable to what is wrong with it (the file and the reason)."""
 
     total: int
     kept: int
@@ -56,6 +69,8 @@ class ValidationReport:
     lengths_checked: bool = False
     max_length: int | None = None
     source: str | None = None
+    image_reasons: dict[str, str] = field(default_factory=dict)
+    images_decoded: bool = False
 
     @property
     def skipped(self) -> int:
@@ -78,6 +93,9 @@ class ValidationReport:
         for kind, ids in self.problems.items():
             shown = ", ".join(ids[:first]) + (", ..." if len(ids) > first else "")
             lines.append(f"  {kind}: {len(ids)} ({PROBLEM_KINDS.get(kind, kind)}): {shown}")
+        lines.extend(f"    {sample_id}: {reason}" for sample_id, reason in self.image_reasons.items())
+        if not self.images_decoded:
+            lines.append("  (pictures not decoded: their files were checked, their contents were not)")
         if not self.lengths_checked:
             lines.append("  (lengths not checked: give a tokenizer and a context length)")
         elif self.max_length is not None:
@@ -94,13 +112,11 @@ def _has_tag(turns: Sequence[tuple[str, str]]) -> bool:
     return any(IMAGE_PLACEHOLDER in q or IMAGE_PLACEHOLDER in a for q, a in turns)
 
 
-def _structure_problems(sample: Sample, stage: str, image_root: Path | None) -> list[str]:
+def _structure_problems(sample: Sample, stage: str) -> list[str]:
     kinds = list(dict.fromkeys(sample.issues))
     if sample.has_image:
         if stage == "sft":
             kinds.append(IMAGE_IN_TEXT_STAGE)
-        elif not resolve_image(sample.image, image_root).is_file():
-            kinds.append(MISSING_IMAGE)
         if sample.image_tags == 0:
             kinds.append(IMAGE_TAG_MISSING)
         elif (sample.image_tags or 0) > 1 or (sample.image_tags is None and _has_tag(sample.turns)):
@@ -119,6 +135,46 @@ def _structure_problems(sample: Sample, stage: str, image_root: Path | None) -> 
     elif any(not q.strip() or not a.strip() for q, a in sample.turns):
         kinds.append(EMPTY_TURN)
     return list(dict.fromkeys(kinds))
+
+
+def image_problem(path: Path, decode: bool, config: ImageConfig) -> tuple[str, str] | None:
+    """(kind, reason) when the picture at `path` cannot be used, else None. Without `decode`, one stat only."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return MISSING_IMAGE, f"image not found: {path}"
+    except OSError as exc:  # a symlink loop, a path through a file, no permission
+        return BAD_IMAGE, f"cannot read image {path}: {exc.strerror or exc}"
+    if decode:
+        try:
+            read_rgb(path, config)
+        except EdgeVLMError as exc:
+            return BAD_IMAGE, str(exc)
+    elif not stat.S_ISREG(info.st_mode):
+        return BAD_IMAGE, f"image {path} is not a regular file"
+    elif info.st_size == 0:
+        return BAD_IMAGE, f"image {path} is empty (0 bytes)"
+    return None
+
+
+def _image_problems(paths: list[Path], decode: bool, config: ImageConfig) -> dict[Path, tuple[str, str]]:
+    """image_problem of each distinct path (a picture shared by several samples is read once). Decoding runs on
+    threads: PIL releases the GIL while it decodes."""
+    from tqdm import tqdm
+
+    unique = list(dict.fromkeys(paths))
+    if not decode:
+        results = [image_problem(path, False, config) for path in unique]
+    else:
+        # A few threads only: each may hold a decoded picture of up to imaging.MAX_IMAGE_PIXELS.
+        results = []
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool, \
+                tqdm(total=len(unique), desc="decoding pictures", unit="picture", disable=len(unique) < 1000) as bar:
+            for start in range(0, len(unique), 256):  # in chunks, so that 665k paths are not 665k futures at once
+                done = list(pool.map(lambda path: image_problem(path, True, config), unique[start:start + 256]))
+                results.extend(done)
+                bar.update(len(done))
+    return {path: found for path, found in zip(unique, results) if found is not None}
 
 
 def resolve_image(image: str, image_root: str | Path | None) -> Path:
@@ -152,12 +208,14 @@ def sample_lengths(samples: Sequence[Sample], stage: str, tokenizer, num_image_t
 
 def validate(samples: Sequence[Sample], *, stage: str = "finetune", image_root: str | Path | None = None,
              tokenizer=None, num_image_tokens: int = 0, context_length: int | None = None, on_error: str = "skip",
-             source: str | None = None, log: Callable[[str], None] | None = None
-             ) -> tuple[list[Sample], ValidationReport]:
+             source: str | None = None, log: Callable[[str], None] | None = None, decode_images: bool = False,
+             image_config: ImageConfig | None = None) -> tuple[list[Sample], ValidationReport]:
     """Check every sample for `stage`; return (kept samples, report) and print the report's summary.
 
     Lengths are checked when `tokenizer` (a TextTokenizer) and `context_length` are given; `num_image_tokens` is
-    the model's image-token count. `on_error="stop"` raises EdgeVLMError naming the kinds and first ids.
+    the model's image-token count. `decode_images` decodes every picture as training reads it, with `image_config`
+    (default: the stage's LLaVA default, 'square' for pretrain and 'pad' otherwise, at 336 px).
+    `on_error="stop"` raises EdgeVLMError naming the kinds and first ids.
     """
     if stage not in STAGES:
         raise EdgeVLMError(f"unknown stage {stage!r}; choose one of {STAGES}")
@@ -167,9 +225,23 @@ def validate(samples: Sequence[Sample], *, stage: str = "finetune", image_root: 
     root = Path(image_root) if image_root is not None else None
     problems: dict[str, list[str]] = {}
     bad: set[int] = set()
+    found: dict[int, list[str]] = {}
     for index, sample in enumerate(samples):
-        for kind in _structure_problems(sample, stage, root):
-            problems.setdefault(kind, []).append(sample.id)
+        found[index] = _structure_problems(sample, stage)
+    config = image_config or ImageConfig(aspect="square" if stage == "pretrain" else "pad")
+    with_image = [i for i, s in enumerate(samples) if s.has_image and stage != "sft"]
+    paths = {i: resolve_image(samples[i].image, root) for i in with_image}
+    image_problems = _image_problems(list(paths.values()), decode_images, config)
+    reasons: dict[str, str] = {}
+    for index, path in paths.items():
+        if path in image_problems:
+            kind, reason = image_problems[path]
+            found[index].insert(0, kind)
+            if kind == BAD_IMAGE:
+                reasons[samples[index].id] = reason
+    for index, kinds in found.items():
+        for kind in kinds:
+            problems.setdefault(kind, []).append(samples[index].id)
             bad.add(index)
     check_lengths = tokenizer is not None and context_length is not None
     max_length = None
@@ -184,7 +256,8 @@ def validate(samples: Sequence[Sample], *, stage: str = "finetune", image_root: 
                 max_length = max(max_length or 0, length)
     kept = [sample for index, sample in enumerate(samples) if index not in bad]
     report = ValidationReport(total=len(samples), kept=len(kept), stage=stage, problems=problems,
-                              lengths_checked=check_lengths, max_length=max_length, source=source)
+                              lengths_checked=check_lengths, max_length=max_length, source=source,
+                              image_reasons=reasons, images_decoded=decode_images)
     log(report.summary())
     if problems and on_error == "stop":
         raise EdgeVLMError(f"{report.one_line()}; fix the data or use on_error='skip' to drop these samples")

@@ -37,7 +37,8 @@ def build_dataset(config: TrainConfig, tokenizer: TextTokenizer, num_image_token
         raise EdgeVLMError(f"no usable sample in {path} for stage {config.stage!r} (see the report above)")
     image_config = ImageConfig(image_size=image_size, aspect=config.aspect)
     return SupervisedDataset(kept, tokenizer, config.stage, image_root=image_root, image_config=image_config,
-                             num_image_tokens=num_image_tokens, context_length=context_length)
+                             num_image_tokens=num_image_tokens, context_length=context_length,
+                             on_bad_sample=config.on_bad_sample)
 
 
 @dataclass

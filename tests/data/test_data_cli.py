@@ -55,7 +55,30 @@ def test_validate_reports_and_sets_the_exit_status(cli, tmp_path):
          "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]},
     ]))
     result = cli("data", "validate", str(path))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "missing_image: 1" in result.stdout and "lost" in result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1 and "missing_image 1 [lost]" in result.stderr
     result = cli("data", "validate", str(tmp_path / "none.json"))
     assert result.returncode == 2 and "not found" in result.stderr
+
+
+def test_validate_decodes_every_picture_and_names_each_bad_one(cli, tmp_path):
+    from tests.data.pictures import photo, write_damaged
+
+    damaged = write_damaged(tmp_path / "images")
+    photo().save(tmp_path / "images" / "fine.png")
+    records = [{"id": kind, "image": f"images/{path.name}",
+                "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]}
+               for kind, path in {**damaged, "fine": tmp_path / "images" / "fine.png"}.items()]
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(records))
+    result = cli("data", "validate", str(path))
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "bad_image 5" in result.stderr
+    assert "1 kept, 5 with problems" in result.stdout
+    for kind, file in damaged.items():
+        assert f"    {kind}: " in result.stdout and str(file) in result.stdout
+    # --no-decode checks the files only: the empty one is still found, the others need decoding
+    quick = cli("data", "validate", str(path), "--no-decode")
+    assert quick.returncode == 2 and "bad_image 1 [empty]" in quick.stderr
+    assert "pictures not decoded" in quick.stdout

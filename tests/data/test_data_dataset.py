@@ -174,3 +174,96 @@ def test_collated_batch_matches_transformers_llava_one_sample_at_a_time(world, w
         assert not torch.allclose(model(**swapped).logits[1], batched[1], atol=1e-4)
         loss = model(**batch).loss
     assert torch.isfinite(loss)
+
+
+# ------------------------------------------------------------------------------------------------ unreadable pictures
+
+
+def _with_damaged_pictures(world, tmp_path, kinds=("truncated_png", "bomb")):
+    """The world's first image samples, plus one sample per damaged picture (its own file, under the image root)."""
+    from tests.data.pictures import write_damaged
+
+    damaged = write_damaged(tmp_path / "damaged")
+    good = [s for s in read_llava_json(world / "finetune.json") if s.image is not None][:3]
+    bad = [Sample(f"bad-{kind}", str(damaged[kind]), [("What is it?", "a picture")], image_tags=1) for kind in kinds]
+    return good + bad, damaged
+
+
+def test_an_unreadable_picture_stops_with_the_sample_and_the_file(world, world_tokenizer, tmp_path):
+    samples, damaged = _with_damaged_pictures(world, tmp_path)
+    dataset = _dataset(samples, world_tokenizer, "finetune", world)
+    assert dataset[0]["pixel_values"] is not None
+    for index, kind in ((3, "truncated_png"), (4, "bomb")):
+        with pytest.raises(EdgeVLMError) as info:
+            dataset[index]
+        message = str(info.value)
+        assert f"sample bad-{kind}" in message and str(damaged[kind]) in message and "on_bad_sample" in message
+        assert "\n" not in message
+
+
+def test_skip_replaces_an_unreadable_picture_by_a_stand_in_that_trains_nothing(world, world_tokenizer, tmp_path,
+                                                                               capsys):
+    samples, damaged = _with_damaged_pictures(world, tmp_path)
+    dataset = SupervisedDataset(samples, world_tokenizer, "finetune", world, default_image_config("finetune", 56),
+                                N_IMAGE, 2048, on_bad_sample="skip")
+    items = [dataset[i] for i in range(len(samples))]
+    for item in items[3:]:
+        assert item["pixel_values"] is None and item["labels"].tolist() == [IGNORE_INDEX]
+        assert world_tokenizer.image_token_id not in item["input_ids"].tolist()
+    assert sorted(dataset.skipped) == ["bad-bomb", "bad-truncated_png"]
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "skipped sample bad-truncated_png" in err[0] and str(damaged["bomb"]) in err[1]
+    dataset[3]  # a second read (the next epoch, a resume) skips again without repeating the line
+    assert capsys.readouterr().err == "" and len(dataset.skipped) == 2
+    # a batch with stand-ins keeps the good pictures and their supervised tokens
+    batch = collate(items, pad_id=world_tokenizer.eos_token_id)
+    assert batch["pixel_values"].shape[0] == 3
+    assert (batch["labels"][3:] == IGNORE_INDEX).all() and (batch["labels"][:3] != IGNORE_INDEX).any()
+    with pytest.raises(EdgeVLMError, match="on_bad_sample"):
+        SupervisedDataset(samples, world_tokenizer, "finetune", world, on_bad_sample="ignore")
+
+
+def test_training_skips_unreadable_pictures_and_a_resume_gets_past_them(tiny_checkpoint, tmp_path, capfd):
+    """A tiny finetune run on data with truncated, bomb, empty and text 'pictures' (on_bad_sample: skip) trains to the
+    end; after a crash (simulated: the later checkpoints and final/ removed) a resume reads them again and skips them
+    again instead of stopping there."""
+    import json
+    import shutil
+
+    from edge_vlm.train import state
+    from edge_vlm.train.config import TrainConfig
+    from edge_vlm.train.loop import train
+    from edge_vlm.train.records import read_metrics
+    from tests.data.pictures import write_damaged
+    from tests.train.world import write_tiny_world
+
+    world = write_tiny_world(tmp_path / "world", n_images=6)
+    damaged = write_damaged(world / "damaged")
+    records = [r for r in json.loads((world / "finetune.json").read_text()) if "image" in r]
+    for kind, path in damaged.items():
+        records.append({"id": f"bad-{kind}", "image": str(path.relative_to(world)), "conversations": [
+            {"from": "human", "value": "<image>\nWhat color is the square?"}, {"from": "gpt", "value": "red"}]})
+    (world / "finetune.json").write_text(json.dumps(records))  # 6 good + 5 unreadable: 3 steps of 4
+    config = TrainConfig(stage="finetune", init_from=str(tiny_checkpoint), data_path=str(world / "finetune.json"),
+                         global_batch_size=4, per_device_batch_size=4, lr=1e-3, num_epochs=1, save_every_steps=1,
+                         keep_checkpoints=0, output_dir=str(tmp_path / "run"), progress=False, plot=False,
+                         num_threads=1, on_bad_sample="skip")
+    capfd.readouterr()
+    result = train(config)
+    err = capfd.readouterr().err
+    assert result.steps == 3 and all(loss == loss for loss in result.losses)  # finished, no NaN
+    skipped = {line.split()[2] for line in err.splitlines() if line.startswith("skipped sample")}
+    # empty files are dropped by validation (one stat), the others when read
+    assert skipped == {"bad-truncated_png", "bad-truncated_jpeg", "bad-text", "bad-bomb"}, err
+    assert "bad_image: 1" in err and "bad-empty" in err
+
+    out = tmp_path / "run"
+    for later in state.list_checkpoints(out)[1:]:
+        shutil.rmtree(later)
+    shutil.rmtree(out / "final")
+    resumed = train(config, resume=True)
+    err = capfd.readouterr().err
+    assert resumed.steps == 3 and [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
+    again = {line.split()[2] for line in err.splitlines() if line.startswith("skipped sample")}
+    assert again and again <= skipped  # the steps after the resume held unreadable pictures, skipped again
+    assert resumed.losses[1:] == result.losses[1:]

@@ -145,3 +145,39 @@ def test_bad_policy_and_stage():
         validate([], on_error="ignore")
     with pytest.raises(EdgeVLMError, match="stage"):
         validate([], stage="stage3")
+
+
+def test_decoding_reports_every_unusable_picture_with_its_file_and_reason(tmp_path):
+    import os
+
+    from tests.data.pictures import photo, write_damaged
+
+    damaged = write_damaged(tmp_path / "img")
+    photo().save(tmp_path / "img" / "fine.png")
+    Image.new("L", (40, 13_000), 90).save(tmp_path / "img" / "thin.png")  # its padded square is 169 MP
+    (tmp_path / "img" / "folder.png").mkdir()
+    extra = {"thin": "thin.png", "folder": "folder.png"}
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "img" / "pipe.png")
+        extra["fifo"] = "pipe.png"
+    names = {kind: path.name for kind, path in damaged.items()} | extra | {"fine": "fine.png", "fine-again": "fine.png"}
+    samples = [Sample(kind, f"img/{name}", [("q", "a")], image_tags=1) for kind, name in names.items()]
+    reasons = {"truncated_jpeg": "truncated", "truncated_png": "truncated", "empty": "empty (0 bytes)",
+               "text": "not a picture", "bomb": "too large", "thin": "13000 x 13000", "folder": "directory",
+               "fifo": "FIFO"}
+    lines = []
+    kept, report = validate(samples, stage="finetune", image_root=tmp_path, decode_images=True, log=lines.append)
+    assert [s.id for s in kept] == ["fine", "fine-again"]
+    bad = [kind for kind in names if kind in reasons]
+    assert report.problems == {"bad_image": bad}
+    printed = "\n".join(lines)
+    for kind in bad:
+        assert reasons[kind] in report.image_reasons[kind] and names[kind] in report.image_reasons[kind], kind
+        assert f"    {kind}: {report.image_reasons[kind]}" in printed
+    # the same picture in square mode (stage 1's default) is fine: the bound is on what preprocessing builds
+    thin_and_fine = [s for s in samples if s.id in ("thin", "fine")]
+    _, square = validate(thin_and_fine, stage="pretrain", image_root=tmp_path, decode_images=True, log=lines.append)
+    assert square.ok and square.kept == 2
+    # without decoding, one stat a picture: what a stat can see is still caught
+    _, quick = validate(samples, stage="finetune", image_root=tmp_path, log=lines.append)
+    assert set(quick.problems["bad_image"]) == {"empty", "folder"} | ({"fifo"} & set(names))
