@@ -36,8 +36,8 @@ LLAVA_PHI_2 = {
 }
 
 # Test-sized. Phi-2's head_dim 80 x partial_rotary 0.4 = rotary dim 32: ONNX Runtime's GroupQueryAttention needs the
-# head size and rotary dim to be multiples of 16 (rotary_dim/2 a multiple of 8). Every Linear has in_features >= 64
-# (bitsandbytes' CPU 4-bit path). 56 px / 14 = 4x4 = 16 image tokens.
+# head size and rotary dim to be multiples of 16 (rotary_dim/2 a multiple of 8). Most Linear widths (160) are not multiples
+# of 64, so on AVX-512 CPUs bitsandbytes' 4-bit path keeps them in float (edge_vlm/export/bnb.py). 56 px / 14 = 4x4 = 16 image tokens.
 TINY = {
     "vision": {
         "hidden_size": 64,

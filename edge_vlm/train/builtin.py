@@ -15,7 +15,8 @@ from edge_vlm.errors import EdgeVLMError
 
 # Shapes: head_dim 80 (160 / 2 heads) x partial_rotary_factor 0.4 = rotary dim 32, exactly Phi-2's attention geometry,
 # so the decoder goes through onnxruntime-genai's builder (GroupQueryAttention needs a head size that is a multiple of
-# 16 and rotary_dim / 2 a multiple of 8); every Linear has in_features >= 64 (bitsandbytes' CPU 4-bit path).
+# 16 and rotary_dim / 2 a multiple of 8); widths of 160 are not multiples of 64, so
+# on AVX-512 CPUs bitsandbytes' 4-bit path keeps those layers in float (edge_vlm/export/bnb.py).
 # 84 px / 14 = 6 x 6 = 36 image tokens. The vocabulary is fitted to the tokenizer at build time (a byte-level BPE
 # trained on the world's text: ~650 entries -> 704 rows). ~2.0M parameters, ~8 MB fp32.
 BUILTIN_PRESET = {
