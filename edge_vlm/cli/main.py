@@ -23,6 +23,7 @@ VERBS = {
     "bench": "bench",
     "eval": "evaluate",
     "stream": "stream",
+    "serve": "serve",
 }
 
 
