@@ -20,6 +20,8 @@ from edge_vlm.imaging import PAD_COLOR, ImageConfig, expand_to_square, load_imag
 from tests.data.pictures import png_claiming, write_damaged
 
 RNG = np.random.default_rng(0)
+# The reference's own Image.open(p).convert("RGB") of a palette with a tRNS alpha table warns; ours must not.
+pytestmark = pytest.mark.filterwarnings("ignore:Palette images with Transparency expressed in bytes:UserWarning")
 DOC = Path(__file__).resolve().parents[1] / "docs" / "preprocessing.md"
 
 
@@ -124,7 +126,10 @@ def test_files_match_llava_reading_and_the_clip_processor(name, aspect, tmp_path
 def test_transparency_is_dropped_not_composited_on_white(name, tmp_path):
     """The case the old conversion got wrong: pixels under transparency keep their stored colour, as in training."""
     path = _write(name, tmp_path)
-    ours = np.asarray(to_rgb(load_image(path)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ours = np.asarray(to_rgb(load_image(path)))
+    assert not caught, [str(w.message) for w in caught]  # PIL's palette advice stays off the user's stderr
     np.testing.assert_array_equal(ours, np.asarray(Image.open(path).convert("RGB")))
     opened = Image.open(path).convert("RGBA")
     white = Image.alpha_composite(Image.new("RGBA", opened.size, (255, 255, 255, 255)), opened).convert("RGB")
@@ -301,3 +306,16 @@ def test_non_regular_files_are_refused_before_opening(tmp_path):
     loop.symlink_to(loop)
     with pytest.raises(EdgeVLMError, match="symbolic links"):
         load_image(loop)
+
+
+def test_encoded_bytes_get_the_same_checks(tmp_path):
+    path = tmp_path / "a.png"
+    Image.fromarray(_noise(20, 30, 3)).save(path)
+    decoded = imaging.decode_image_bytes(path.read_bytes(), "frame 7")
+    np.testing.assert_array_equal(np.asarray(decoded), np.asarray(Image.open(path)))
+    with pytest.raises(EdgeVLMError, match="image frame 7 is too large"):
+        imaging.decode_image_bytes(png_claiming(30_000, 30_000), "frame 7")
+    with pytest.raises(EdgeVLMError, match="frame 7 is empty"):
+        imaging.decode_image_bytes(b"", "frame 7")
+    with pytest.raises(EdgeVLMError, match="cannot read image frame 7: image file is truncated"):
+        imaging.decode_image_bytes(path.read_bytes()[:-30], "frame 7")
