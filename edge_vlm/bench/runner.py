@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from edge_vlm.bench.artifacts import check_model_dir, pick_bundles
+from edge_vlm.bench.artifacts import bundle_manifest, check_model_dir, pick_bundles
 from edge_vlm.bench.bandwidth import measure_cpu_bandwidth, nominal_bandwidth
 from edge_vlm.bench.machine import jetson_model, load_average, machine_info, versions
 from edge_vlm.bench.roofline import DecodeBytes, roofline
@@ -97,7 +97,7 @@ def _profile_pass(job: dict, settings: BenchSettings, profile_dir: str, timeout_
 
 def _artifacts_random(settings: BenchSettings, bundles: dict[str, str]) -> bool:
     """Whether the checkpoint or a bundle says random weights (known even when a backend fails to load)."""
-    from edge_vlm.bench.artifacts import bundle_manifest, bundle_random_weights, checkpoint_random_weights
+    from edge_vlm.bench.artifacts import bundle_random_weights, checkpoint_random_weights
 
     if settings.model and checkpoint_random_weights(settings.model):
         return True
@@ -106,22 +106,31 @@ def _artifacts_random(settings: BenchSettings, bundles: dict[str, str]) -> bool:
 
 def prepare(settings: BenchSettings, prompt_source: str | None = "prompt_tokens",
             log=None) -> tuple[BenchSettings, dict[str, str]]:
-    """Every check that needs no worker: the checkpoint folder, the image, a bundle per onnxruntime backend (their
-    manifests checked), and the prompt length against the smallest context among the models. Returns the settings
-    to run (the prompt fitted, see fit_prompt) and {precision: bundle dir}."""
+    """Every check that needs no worker, so a bad input is one line and exit 2 before minutes of measuring: the
+    checkpoint folder, the image (decoded), a bundle per onnxruntime backend (its manifest, its files' sizes and the
+    manifest against its graphs, as the runtime checks them), and the prompt length against the smallest context
+    among the models. Returns the settings to run (the prompt fitted, see fit_prompt) and {precision: bundle dir}."""
+    from edge_vlm.runtime.bundle import check_contents, verify_files
+
     specs = settings.specs
     if settings.model and any(s.family == "torch" for s in specs):
         check_model_dir(settings.model)
-    if settings.image and not Path(settings.image).is_file():
-        raise EdgeVLMError(f"--image {settings.image}: no such file")
+    if settings.image:
+        from edge_vlm.imaging import load_image
+
+        load_image(settings.image)
     ort_precisions = [s.precision for s in specs if s.family == "ort"]
     bundles = pick_bundles(settings.bundles, ort_precisions) if ort_precisions else {}
+    for directory in bundles.values():
+        manifest = bundle_manifest(directory)
+        verify_files(directory, manifest, "none" if settings.verify == "none" else "size")  # the hash: in the worker
+        check_contents(directory, manifest)
     return fit_prompt(settings, _contexts(settings, bundles), prompt_source, log), bundles
 
 
 def _contexts(settings: BenchSettings, bundles: dict[str, str]) -> dict[str, int]:
     """{model described: its context length} for every model the run loads."""
-    from edge_vlm.bench.artifacts import bundle_manifest, checkpoint_context
+    from edge_vlm.bench.artifacts import checkpoint_context
 
     found = {}
     if any(s.family == "torch" for s in settings.specs):

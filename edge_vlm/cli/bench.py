@@ -179,8 +179,11 @@ def run(args: argparse.Namespace) -> int:
     from edge_vlm.cli.main import one_line
 
     settings, prompt_source = _settings(args)
-    settings, bundles = prepare(settings, prompt_source, log=lambda line: print(line, file=sys.stderr, flush=True))
+    notes: list[str] = []
+    settings, bundles = prepare(settings, prompt_source, log=notes.append)
     _check_outputs(args)
+    for note in notes:  # after every refusal: a refused run prints its one error line alone
+        print(note, file=sys.stderr, flush=True)
     command = "edge-vlm " + shlex.join(sys.argv[1:])
     report = run_benchmark(settings, command, progress=not args.quiet, profile_dir=args.profile, bundles=bundles)
     validate(report)

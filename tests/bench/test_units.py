@@ -64,6 +64,53 @@ def test_scenario_errors(tmp_path):
         load_scenario(tmp_path / "missing.yaml")
 
 
+def test_scenario_settings_at_the_top_level(tmp_path):
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text("name: mine\ndescription: two runs\nruns: 2\nbackends: ort-int4\n")
+    assert load_scenario(scenario) == {"runs": 2, "backends": "ort-int4"}
+
+
+def test_default_prompt_is_fitted_and_a_given_one_refused():
+    from edge_vlm.bench.runner import fit_prompt
+
+    settings = BenchSettings(bundles=["B"], backends=["ort-int4"], new_tokens=64)  # prompt_tokens: the default 600
+    notes = []
+    fitted = fit_prompt(settings, {"the bundle B": 512, "the checkpoint C": 2048}, None, notes.append)
+    assert fitted.prompt_tokens == 512 - 64 and settings.prompt_tokens == 600
+    assert len(notes) == 1 and "448-token prompt" in notes[0] and "512-token context of the bundle B" in notes[0]
+    with pytest.raises(EdgeVLMError, match="--prompt-tokens 600 \\+ 64 new tokens exceed the 512-token context of "
+                                           "the bundle B: use 448 or fewer"):
+        fit_prompt(settings, {"the bundle B": 512}, "--prompt-tokens")
+    assert fit_prompt(settings, {"the bundle B": 664}, "--prompt-tokens") is settings  # 600 + 64 fits exactly
+    assert fit_prompt(settings, {}, None) is settings  # nothing known: the worker checks
+
+
+@pytest.fixture
+def fp32_bundle_manifest_dir(tmp_path):
+    """A folder with only a bundle manifest (fp32 decoder): enough for what bench reads before any worker."""
+    import json
+
+    roles = {"vision": "vision.onnx", "decoder": "decoder/model.onnx", "embeddings": "embeddings.npy",
+             "tokenizer": "tokenizer.json"}
+    manifest = {
+        "format": "edge-vlm-bundle", "schema_version": 1, "roles": roles,
+        "files": {name: {"bytes": 1, "sha256": "0" * 64} for name in roles.values()},
+        "precision": {"vision": "fp32", "decoder": "fp32", "embeddings": "float32"},
+        "model": {"hidden_size": 8, "num_layers": 1, "head_size": 8, "vocab_size": 10, "context_length": 64,
+                  "num_image_tokens": 4, "image_token_id": 9, "eos_token_id": 0},
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    return tmp_path
+
+
+def test_bench_without_backend_measures_what_was_given(fp32_bundle_manifest_dir):
+    from edge_vlm.cli.bench import _default_backends
+
+    assert _default_backends({"bundles": [str(fp32_bundle_manifest_dir)]}) == ["ort-fp32"]
+    assert _default_backends({"model": "C", "bundles": [str(fp32_bundle_manifest_dir)]}) == ["torch-fp32", "ort-fp32"]
+    assert _default_backends({}) == ["torch-fp32"]
+
+
 def test_prompt_has_the_exact_length_and_the_template():
     from edge_vlm.model.factory import small_tokenizer
 

@@ -86,3 +86,26 @@ def test_full_int8_export_then_info_and_ask(exportable_tiny, tmp_path, cli):
     assert info.returncode == 0 and "decoder int8" in info.stdout
     ask = cli("ask", "--bundle", str(out), "--max-new-tokens", "4", "What is this?")
     assert ask.returncode == 0, ask.stderr
+
+
+def test_force_replaces_an_earlier_bundle_only_once_the_export_succeeds(fp32_bundle, exportable_tiny, tmp_path,
+                                                                       monkeypatch, capsys):
+    """--force onto an earlier bundle passes the output checks (the export gets to loading the checkpoint); an export
+    that then fails leaves the earlier bundle as it was and no temp folder."""
+    import shutil
+
+    from edge_vlm.cli.main import main
+    from edge_vlm.errors import EdgeVLMError
+    from edge_vlm.export import pipeline
+
+    earlier = Path(shutil.copytree(fp32_bundle, tmp_path / "bundle"))
+    before = {p.name: p.read_bytes() for p in earlier.rglob("*") if p.is_file()}
+
+    def stop(*_args, **_kwargs):
+        raise EdgeVLMError("stopped at loading (the test's stand-in)")
+
+    monkeypatch.setattr(pipeline, "_load", stop)
+    code = main(["export", "--model", str(exportable_tiny), "--out", str(earlier), "--force"])
+    assert code == 2 and "stopped at loading" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in earlier.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]

@@ -1,5 +1,6 @@
 """Damaged bundles fail with a clear EdgeVLMError naming the problem: a missing file, a hash mismatch, a wrong
-schema version, a truncated ONNX file (with and without the hash check)."""
+schema version, a truncated ONNX file (with and without the hash check); the graph reader behind the manifest's
+checks against the files. (Every damage through the CLI: tests/bad_inputs/test_bundles.py.)"""
 
 from __future__ import annotations
 
@@ -67,3 +68,50 @@ def test_not_a_bundle(tmp_path, exportable_tiny):
     (tmp_path / "b" / "manifest.json").write_text("{not json")
     with pytest.raises(EdgeVLMError, match="not valid JSON"):
         Bundle.open(tmp_path / "b")
+
+
+@pytest.mark.parametrize("bundle_fixture", ["fp32_bundle", "int4_bundle"])
+@pytest.mark.parametrize("role", ["decoder", "vision"])
+def test_graph_reader_agrees_with_onnx(request, bundle_fixture, role):
+    """The runtime reads a graph's structure with a protobuf subset of onnx.proto (no `onnx` install needed): what it
+    sees must be what the onnx package itself reads from the same file."""
+    import onnx
+
+    from edge_vlm.runtime.bundle import _read_graph
+
+    bundle = Bundle.open(request.getfixturevalue(bundle_fixture), verify="none")
+    path = bundle.file(role)
+    ours, theirs = _read_graph(path, role).graph, onnx.load(str(path), load_external_data=False).graph
+    assert [n.op_type for n in ours.node] == [n.op_type for n in theirs.node]
+    assert [list(n.input) for n in ours.node] == [list(n.input) for n in theirs.node]
+    assert [[(a.name, a.i) for a in n.attribute] for n in ours.node] == \
+        [[(a.name, a.i) for a in n.attribute] for n in theirs.node]
+    assert [(t.name, list(t.dims), t.data_type) for t in ours.initializer] == \
+        [(t.name, list(t.dims), t.data_type) for t in theirs.initializer]
+    assert [(v.name, v.type.tensor_type.elem_type) for v in ours.input] == \
+        [(v.name, v.type.tensor_type.elem_type) for v in theirs.input]
+
+
+def test_graph_facts(fp32_bundle, int4_bundle, exportable_tiny):
+    """The decoder's precision from its MatMulNBits bits, and the rotary table's rows: the builder sizes cos_cache
+    by the checkpoint's max_position_embeddings."""
+    from edge_vlm.runtime.bundle import _decoder_precision, _read_graph, _rotary_positions
+
+    config = json.loads((exportable_tiny / "config.json").read_text())
+    for bundle, precision in ((fp32_bundle, "fp32"), (int4_bundle, "int4")):
+        graph = _read_graph(bundle / "decoder" / "model.onnx", "decoder")
+        assert _decoder_precision(graph) == precision
+        assert _rotary_positions(graph) == config["text_config"]["max_position_embeddings"]
+
+
+def test_only_a_bundle_is_replaceable(copy, tmp_path, exportable_tiny):
+    from edge_vlm.runtime.bundle import is_bundle_dir
+
+    assert is_bundle_dir(copy)
+    assert not is_bundle_dir(exportable_tiny)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "manifest.json").write_text('{"format": "something else"}')
+    assert not is_bundle_dir(notes)
+    (notes / "manifest.json").write_bytes(b"\xff\xfe")
+    assert not is_bundle_dir(notes)
