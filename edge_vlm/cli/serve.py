@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from edge_vlm.engine import GenerationConfig
-    from edge_vlm.serve.app import Settings, create_app
+    from edge_vlm.serve.app import Server, Settings, create_app
     from edge_vlm.serve.images import ImageLimits
     from edge_vlm.serve.worker import ModelWorker
 
@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         config = uvicorn.Config(app, http="h11", lifespan="off", log_level="warning", access_log=args.access_log,
                                 timeout_graceful_shutdown=3)
         with _signals_end_quietly() as received:
-            uvicorn.Server(config).run(sockets=[sock])
+            Server(config, worker).run(sockets=[sock])
     finally:
         if live is not None:
             live.stop()

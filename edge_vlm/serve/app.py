@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -291,11 +292,12 @@ class Handlers:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def _live(self):
+        """Until the server stops (an open page must not hold its shutdown up)."""
         live, sent_seq = self.live, None
-        while True:
+        while not self.worker.closing:
             if live is None:
                 yield _event({"running": False, "source": None})
-                await asyncio.sleep(2.0)
+                await self._sleep(2.0)
                 continue
             state = live.snapshot()
             if state["frame_seq"] is not None and state["frame_seq"] != sent_seq:
@@ -304,7 +306,25 @@ class Handlers:
                     sent_seq = encoded[0]
                     state["frame"] = "data:image/jpeg;base64," + base64.b64encode(encoded[1]).decode()
             yield _event(state)
-            await asyncio.sleep(self.settings.live_interval_s)
+            await self._sleep(self.settings.live_interval_s)
+
+    async def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.worker.closing and time.monotonic() < end:
+            await asyncio.sleep(min(0.1, seconds))
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, which also ends the model's jobs and the live page's streams as soon as it is told to stop:
+    uvicorn waits for open connections to close before it exits, and these would not close on their own."""
+
+    def __init__(self, config: uvicorn.Config, worker: ModelWorker):
+        super().__init__(config)
+        self.worker = worker
+
+    def handle_exit(self, sig, frame) -> None:
+        self.worker.begin_shutdown()
+        super().handle_exit(sig, frame)
 
 
 @dataclass

@@ -116,15 +116,27 @@ def parse_body(body: bytes) -> Chat:
 
 
 def _validation_error(exc: ValidationError) -> APIError:
-    error = exc.errors()[0]
-    # pydantic puts the union member it tried into the location ('str', 'list[...]', 'text'): keep the path only
-    parts = [str(p) for p in error["loc"] if isinstance(p, int) or ("[" not in str(p) and p not in _TYPE_TAGS)]
-    param = ".".join(parts) or None
-    return bad_request(f"{param or 'request'}: {error['msg']}", param, "invalid_type"
-                       if "type" in error["type"] else "invalid_value")
+    """The deepest problem pydantic found (for `content: str | list`, given a list, the part that is wrong rather than
+    'should be a string'); where several union members fail at the same place, all their complaints."""
+    found = []
+    for error in exc.errors():
+        # pydantic puts the union member it tried into the location ('str', 'list[...]', and a tagged union's tag
+        # before the field: ..., 0, 'text', 'text'): keep the path only
+        parts: list[str] = []
+        for p in error["loc"]:
+            if isinstance(p, int) or ("[" not in p and p not in _TYPE_TAGS and (not parts or parts[-1] != p)):
+                parts.append(str(p))
+        found.append((len(parts), ".".join(parts), error))
+    depth = max(n for n, _, _ in found)
+    deepest = [(param, error) for n, param, error in found if n == depth]
+    param = deepest[0][0] or None
+    messages = list(dict.fromkeys(error["msg"] for p, error in deepest if p == deepest[0][0]))
+    kind = deepest[0][1]["type"]
+    code = "missing_required_parameter" if kind == "missing" else "invalid_type" if "type" in kind else "invalid_value"
+    return bad_request(f"{param or 'request'}: {' or '.join(messages)}", param, code)
 
 
-_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "text", "image_url"}
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
 
 
 def to_chat(request: ChatRequest) -> Chat:

@@ -164,13 +164,19 @@ class Job:
     stream: bool = False  # deliver the text as it comes ('delta' events), not only with 'done'
     enqueued: float = field(default_factory=time.monotonic)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    reason: APIError | None = None  # what the client is told when the server, not the client, ended the job
 
-    def cancel(self) -> None:
+    def cancel(self, reason: APIError | None = None) -> None:
+        self.reason = self.reason or reason
         self.cancelled.set()
 
 
 class QueueFull(Exception):
     pass
+
+
+def _shutting_down() -> APIError:
+    return APIError(503, "the server is shutting down", code="shutting_down")
 
 
 _STOP = object()
@@ -191,6 +197,7 @@ class ModelWorker:
         self.metrics = metrics or Metrics()
         self.metrics.queue_depth.set_function(lambda: self.depth)
         self.busy = False
+        self._current: Job | None = None
         self._thread = threading.Thread(target=self._loop, name="edge-vlm-model", daemon=True)
         self._closed = False
 
@@ -225,14 +232,22 @@ class ModelWorker:
 
     def submit(self, job: Job) -> None:
         if self._closed:
-            raise APIError(503, "the server is shutting down", code="shutting_down")
+            raise _shutting_down()
         try:
             self.queue.put_nowait(job)
         except queue.Full:
             raise QueueFull from None
 
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Refuse new jobs, fail the waiting ones, let the running one stop at its next token."""
+    @property
+    def closing(self) -> bool:
+        return self._closed
+
+    def begin_shutdown(self) -> None:
+        """Refuse new jobs and end the others with a 503: the waiting ones now, the running one at its next token.
+        Does not wait (it runs in the server's signal handler, so that open streams end before the server waits for
+        them to close)."""
+        if self._closed:
+            return
         self._closed = True
         while True:
             try:
@@ -240,11 +255,18 @@ class ModelWorker:
             except queue.Empty:
                 break
             job.cancel()
-            job.deliver("error", APIError(503, "the server is shutting down", code="shutting_down"))
+            job.deliver("error", _shutting_down())
+        running = self._current
+        if running is not None:
+            running.cancel(_shutting_down())
         try:
             self.queue.put_nowait(_STOP)
-        except queue.Full:
+        except queue.Full:  # the worker is behind a full queue we just emptied: cannot happen, and it would stop
             pass
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """begin_shutdown, then wait for the worker thread."""
+        self.begin_shutdown()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
 
@@ -254,7 +276,7 @@ class ModelWorker:
             job = self.queue.get()
             if job is _STOP:
                 return
-            self.busy = True
+            self.busy, self._current = True, job
             try:
                 self._run(job)
             except Cancelled:
@@ -268,10 +290,12 @@ class ModelWorker:
                 job.deliver("error", APIError(500, f"internal error: {type(exc).__name__}: {exc}",
                                               code="internal_error"))
             finally:
-                self.busy = False
+                self.busy, self._current = False, None
 
     def _check(self, job: Job) -> None:
         if job.cancelled.is_set():
+            if job.reason is not None:
+                raise job.reason
             raise Cancelled
         if time.monotonic() > job.deadline:
             job.cancel()

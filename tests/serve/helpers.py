@@ -169,7 +169,7 @@ class InProcessServer:
         import uvicorn
 
         from edge_vlm.cli.serve import listen
-        from edge_vlm.serve.app import Settings, create_app
+        from edge_vlm.serve.app import Server, Settings, create_app
         from edge_vlm.serve.worker import ModelWorker
 
         self.worker = ModelWorker(engine, max_queue=max_queue).start()
@@ -177,8 +177,8 @@ class InProcessServer:
         sock = listen("127.0.0.1", 0)
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(create_app(self.worker, settings), http="h11", lifespan="off",
-                                                    log_level="warning", timeout_graceful_shutdown=1))
+        self.server = Server(uvicorn.Config(create_app(self.worker, settings), http="h11", lifespan="off",
+                                            log_level="warning", timeout_graceful_shutdown=1), self.worker)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30

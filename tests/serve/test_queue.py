@@ -121,6 +121,29 @@ def test_a_request_over_its_time_gets_504_and_stops(slow_server):
     assert engine.closed.wait(5) and engine.produced < 40
 
 
+def test_stopping_the_server_ends_running_and_waiting_requests_with_503(slow_server):
+    import json
+    import signal
+    import urllib.request
+
+    engine = FakeEngine(token_s=0.05, tokens=400)
+    server = slow_server(engine)
+    request = urllib.request.Request(server.url + "/v1/chat/completions", method="POST",
+                                     data=json.dumps({**QUESTION, "stream": True}).encode())
+    with urllib.request.urlopen(request, timeout=30) as stream:
+        assert json.loads(stream.readline().decode().removeprefix("data: "))["choices"][0]["delta"]["role"]
+        waiting, result = _in_thread(post, server.url + "/v1/chat/completions", QUESTION)
+        _wait(lambda: server.worker.depth == 1)
+        server.server.handle_exit(signal.SIGINT, None)  # what Ctrl-C does
+        events = [line.decode().removeprefix("data: ").strip() for line in stream if line.strip()]
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["error"]["code"] == "shutting_down"
+    waiting.join(10)
+    status, _, body = result["value"]
+    assert status == 503 and body["error"]["code"] == "shutting_down"
+    assert engine.closed.wait(5) and engine.produced < 100
+
+
 def test_the_api_key_is_checked_on_the_api_not_on_the_page(slow_server):
     server = slow_server(FakeEngine(), api_key="s3cret")
     url = server.url + "/v1/chat/completions"
