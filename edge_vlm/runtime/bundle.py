@@ -135,6 +135,22 @@ def check_manifest(directory: str | Path, manifest: dict) -> None:
         if model[key] >= model["vocab_size"]:
             raise EdgeVLMError(f"{manifest_path}: model.{key} {model[key]} is outside the vocabulary of "
                                f"{model['vocab_size']}: {_DAMAGED}")
+    _check_tensorrt(manifest_path, manifest.get("tensorrt"))
+
+
+def _check_tensorrt(manifest_path: Path, section) -> None:
+    """The TensorRT settings name the engine file the runtime builds and writes (edge_vlm.runtime.trt.engine_key):
+    only the values an export writes, so no text from the manifest becomes part of a path."""
+    if not section:
+        return
+    vision = section.get("vision") if isinstance(section, dict) else None
+    if not isinstance(vision, dict):
+        raise EdgeVLMError(f"{manifest_path}: the 'tensorrt' section has no 'vision' settings: {_DAMAGED}")
+    digest = vision.get("onnx_sha256")
+    if (vision.get("precision", "fp16") not in ("fp16", "int8") or not _whole(vision.get("max_batch", 4), 1)
+            or not (digest is None or (isinstance(digest, str) and _SHA256.fullmatch(digest)))):
+        raise EdgeVLMError(f"{manifest_path}: tensorrt.vision needs precision fp16 or int8, max_batch a whole number "
+                           f">= 1 and onnx_sha256 64 hex digits: {_DAMAGED}")
 
 
 def _whole(value, least: int) -> bool:
@@ -282,8 +298,8 @@ def _read_graph(path: Path, what: str):
 def _decoder_precision(model) -> str:
     """int4 / int8 when the graph's MatMulNBits nodes hold 4-bit (an 8-bit lm_head beside them is allowed) or only
     8-bit weights; otherwise fp16 / fp32 after the type of its inputs_embeds."""
-    bits = {attribute.i for node in model.graph.node if node.op_type == "MatMulNBits"
-            for attribute in node.attribute if attribute.name == "bits"}
+    bits = {next((attribute.i for attribute in node.attribute if attribute.name == "bits"), 4)  # 4: the op's default
+            for node in model.graph.node if node.op_type == "MatMulNBits"}
     if 4 in bits:
         return "int4"
     if 8 in bits:
