@@ -133,6 +133,7 @@ def _bundle(path: Path, args: argparse.Namespace) -> int:
     verify_files(path, manifest, args.verify)
     check_contents(path, manifest)
     if not args.json:
-        checked = {"hash": "sizes and sha256 of", "size": "sizes of", "none": "nothing of"}[args.verify]
-        print(f"  checked           {checked} every file; precisions and context against the graphs: OK")
+        checked = {"hash": "every file's size and sha256", "size": "every file's size",
+                   "none": "no file's size or hash (--verify none)"}[args.verify]
+        print(f"  checked           {checked}; precisions and context against the graphs: OK")
     return 0
