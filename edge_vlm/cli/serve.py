@@ -63,6 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_args(args) -> None:
     """Everything that can be refused before loading the model."""
+    from pathlib import Path
+
     from edge_vlm.errors import EdgeVLMError
 
     if not 0 <= args.port <= 65535:
@@ -89,6 +91,9 @@ def _check_args(args) -> None:
         raise EdgeVLMError("--source needs at least one --prompt: the question asked about every frame")
     if args.max_hz is not None and args.max_hz <= 0:
         raise EdgeVLMError(f"--max-hz must be > 0, got {args.max_hz:g}")
+    for flag, value in (("--model", args.model), ("--bundle", args.bundle)):
+        if value is not None and not Path(value).is_dir():  # before importing torch or ONNX Runtime (seconds)
+            raise EdgeVLMError(f"{flag} {value} is not a directory: give the {flag[2:]}'s folder")
     if args.bundle is None and (args.providers is not None):
         raise EdgeVLMError("--providers is for --bundle (a checkpoint runs on --device)")
     if args.bundle is not None and args.device is not None:
