@@ -78,15 +78,23 @@ def answer(engine: Engine, prepared, question: str, history=None, config: Genera
 
 
 class Chat:
-    """A multi-turn conversation about one image (or none): keeps the history, returns or streams each answer."""
+    """A multi-turn conversation about one image (or none): keeps the history, returns or streams each answer.
+
+    When the next prompt plus `max_new_tokens` would not fit the model's context, the oldest question/answer turns
+    are dropped; the system prompt and the image stay (the template puts the image in front of the first remaining
+    question). `dropped_turns` counts them, so a caller can tell the user. A question that does not fit even with
+    no history is refused (EdgeVLMError) and the history is left as it was."""
 
     def __init__(self, engine: Engine, image: ImageInput | None = None, config: GenerationConfig | None = None):
         self.engine = engine
         self.config = config or GenerationConfig()
         self.prepared = engine.prepare_image(image) if image is not None else None
         self.history: list[tuple[str, str]] = []
+        self.dropped_turns = 0
 
     def stream(self, question: str) -> Iterator[str]:
+        check_question(question)
+        self._make_room(question)
         pieces: list[str] = []
         for piece in self.engine.stream(self.prepared, question, self.history, self.config):
             pieces.append(piece)
@@ -96,10 +104,38 @@ class Chat:
     def ask(self, question: str) -> str:
         return "".join(self.stream(question)).strip()
 
+    def _prompt_length(self, question: str, history: list[tuple[str, str]]) -> int:
+        prompt = inference_prompt(question, history, has_image=self.prepared is not None)
+        return len(self.engine.tokenizer.encode_prompt(prompt, self.engine.num_image_tokens))
 
-def check_question(question: str) -> str:
+    def _make_room(self, question: str) -> None:
+        """Drop the oldest turns until prompt + max_new_tokens fits the context (see the class docstring)."""
+        if getattr(self.engine, "tokenizer", None) is None:  # an engine without a tokenizer keeps its own limits
+            return
+        context = self.engine.context_length
+        alone = self._prompt_length(question, [])
+        if alone >= context:
+            image = f" with the image's {self.engine.num_image_tokens} tokens" if self.prepared is not None else ""
+            raise EdgeVLMError(f"the question is {alone} tokens{image}, and the model's context is {context}: "
+                               "ask a shorter question")
+        budget = context - self.config.max_new_tokens
+        while self.history and self._prompt_length(question, self.history) > budget:
+            self.history.pop(0)
+            self.dropped_turns += 1
+
+
+def check_question(question: str, what: str = "the question") -> str:
+    """A question must be non-empty UTF-8 text. Python decodes command-line arguments (and some stdin) with
+    'surrogateescape', so bytes that are not UTF-8 arrive as lone surrogates: refused here, naming the byte,
+    before a tokenizer fails on them."""
     if not isinstance(question, str) or not question.strip():
-        raise EdgeVLMError("the question is empty")
+        raise EdgeVLMError(f"{what} is empty")
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(question[exc.start])
+        byte = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        raise EdgeVLMError(f"{what} is not valid UTF-8 text ({byte} at character {exc.start + 1})") from None
     return question
 
 

@@ -15,7 +15,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--preset", help="a RANDOM-weight model of this preset (e.g. tiny): a smoke test, not answers")
     parser.add_argument("--image", help="image file (omit for a text-only question)")
     parser.add_argument("question", nargs="?", help="the question")
-    parser.add_argument("--interactive", "-i", action="store_true", help="keep asking follow-ups from stdin")
+    parser.add_argument("--interactive", "-i", action="store_true",
+                        help="keep asking follow-ups from stdin, one a line; when the conversation outgrows the "
+                             "context its oldest turns are dropped (the image stays); a line that is not UTF-8 or "
+                             "too long even alone is refused and the session goes on (exit status 2 at the end)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -86,6 +89,45 @@ def _stream_answer(chat, question: str) -> None:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def _stdin_questions():
+    """(line number, question or None, why not) for each non-blank stdin line. Read as bytes and decoded here, so a
+    line that is not UTF-8 is named and skipped instead of ending the session (or reaching the tokenizer as
+    surrogate escapes)."""
+    for number, raw in enumerate(sys.stdin.buffer, start=1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield number, None, f"is not valid UTF-8 text (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1})"
+            continue
+        text = text.lstrip("\ufeff").strip() if number == 1 else text.strip()
+        if text:
+            yield number, text, None
+
+
+def _interactive(chat) -> int:
+    """Follow-up questions from stdin, one per line. A line that cannot be asked (not UTF-8, too long for the
+    context even alone) is refused with one line on stderr and the session goes on; the exit status is then 2."""
+    from edge_vlm.errors import EdgeVLMError
+
+    refused = 0
+    told = False
+    for number, question, problem in _stdin_questions():
+        try:
+            if problem is not None:
+                raise EdgeVLMError(f"line {number} of stdin {problem}: skipped")
+            _stream_answer(chat, question)
+        except EdgeVLMError as exc:
+            refused += 1
+            print(f"edge-vlm ask: error: {exc}", file=sys.stderr, flush=True)
+        if chat.dropped_turns and not told:
+            told = True
+            print(f"edge-vlm ask: the conversation outgrew the model's context ({chat.engine.context_length} "
+                  "tokens): its oldest turns are being dropped (the image and the system prompt stay)",
+                  file=sys.stderr, flush=True)
+    return 2 if refused else 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,10 +135,10 @@ def run(args: argparse.Namespace) -> int:
     from edge_vlm.errors import EdgeVLMError
     from edge_vlm.imaging import load_image
 
-    if not args.interactive:
+    if args.question is not None or not args.interactive:
         if args.question is None:
             raise EdgeVLMError("give a question (or --interactive)")
-        check_question(args.question)
+        check_question(args.question)  # empty or not UTF-8: refused before the model loads
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                               seed=args.seed)
     image = load_image(args.image) if args.image else None  # fail on a bad image before loading the model
@@ -106,7 +148,5 @@ def run(args: argparse.Namespace) -> int:
     if args.question:
         _stream_answer(chat, args.question)
     if args.interactive:
-        for line in sys.stdin:
-            if line.strip():
-                _stream_answer(chat, line.strip())
+        return _interactive(chat)
     return 0

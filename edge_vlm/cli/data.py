@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth = sub.add_parser("synth", help="write the synthetic world (pictures, stage-1/2 and SFT data, eval split)",
                            description="Write the synthetic world in the real training formats: images/, "
                                        "pretrain.json, finetune.json, sft.json, eval.json and world.json.")
-    synth.add_argument("--out", required=True, help="directory to create (must not exist, or be empty)")
+    synth.add_argument("--out", required=True, help="directory to create (must not exist, or be empty); written "
+                                                     "beside it and moved into place when complete")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument("--train", type=int, default=10_000, help="training pictures (default 10000)")
     synth.add_argument("--eval", type=int, default=1_400, dest="eval_size",
@@ -25,12 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--sft", type=int, default=None, help="ShareGPT text conversations (default train/5)")
     synth.add_argument("--text-only", type=int, default=None,
                        help="text-only conversations mixed into finetune.json (default train/10)")
-    synth.add_argument("--image-size", type=int, default=112, help="picture side in pixels (default 112)")
+    synth.add_argument("--image-size", type=int, default=112,
+                       help="picture side in pixels, 32 to 4096 (default 112)")
     synth.add_argument("--extra-questions", type=int, default=0,
                        help="questions added to every stage-2 conversation beyond its 3-7 (default 0)")
     synth.add_argument("--caption-counts", action="store_true",
                        help="end every stage-1 caption with the count of each shape")
-    synth.add_argument("--force", action="store_true", help="replace --out if it exists")
+    synth.add_argument("--force", action="store_true",
+                       help="replace --out if it holds an earlier synthetic world (its world.json); any other "
+                            "non-empty folder is never replaced")
     synth.add_argument("--quiet", action="store_true", help="no progress bars")
 
     check = sub.add_parser("validate", help="check a data file and report bad samples by kind",

@@ -12,11 +12,12 @@ import argparse
 HELP = "show the built-in model answering questions about a few new synthetic pictures"
 
 QUESTIONS_PER_PICTURE = 3
+MAX_PICTURES = 100  # the contact sheet is one row of 300 px columns: 100 of them is already 30,000 px wide
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="a checkpoint dir (default: the built-in model)")
-    parser.add_argument("--n", type=int, default=4, help="pictures to draw (default 4)")
+    parser.add_argument("--n", type=int, default=4, help=f"pictures to draw, 1 to {MAX_PICTURES} (default 4)")
     parser.add_argument("--seed", type=int, default=2024, help="which pictures and questions (default 2024)")
     parser.add_argument("--out", default="edge-vlm-demo.png", help="contact sheet PNG (default edge-vlm-demo.png); "
                                                                    "'-' to skip")
@@ -36,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from edge_vlm.eval.scorers import exact_match
     from edge_vlm.model.engine import TorchEngine
 
-    if args.n < 1:
-        raise EdgeVLMError(f"--n must be >= 1, got {args.n}")
+    if not 1 <= args.n <= MAX_PICTURES:
+        raise EdgeVLMError(f"--n must be 1 to {MAX_PICTURES}, got {args.n}")
     if args.out != "-":  # before the model runs, not after
         from edge_vlm.fileio import check_output_folder
 

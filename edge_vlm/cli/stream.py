@@ -8,6 +8,11 @@ import sys
 
 HELP = "answer prompts about a live frame source (camera, video, RTSP, folder, synthetic, rosbag2), newest frame first"
 
+# Bounds of the synthetic scene's --size, checked before anything is drawn: one 8192x8192 RGB frame is 200 MB.
+MIN_SIDE, MAX_SIDE = 8, 8192
+# Undecodable frames named on stderr before the rest are only counted (bad_frames in the summary).
+SKIPPED_SHOWN = 10
+
 SOURCE_HELP = ("0 | camera:N | video:FILE | FILE.mp4 | rtsp://... | http://... | folder:DIR | synthetic[:FPS] | "
                "bag:PATH (with --topic)")
 
@@ -37,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speed", type=float, default=1.0, help="realtime playback speed factor (default 1)")
     parser.add_argument("--fps", type=float, help="frame rate of a folder (default 10) or the synthetic scene "
                         "(default 30)")
-    parser.add_argument("--size", default="320x240", metavar="WxH", help="synthetic frame size (default 320x240)")
+    parser.add_argument("--size", default="320x240", metavar="WxH",
+                        help=f"synthetic frame size, {MIN_SIDE} to {MAX_SIDE} pixels a side (default 320x240)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default 32)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -56,25 +62,42 @@ def _size(text: str):
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise EdgeVLMError(f"--size must look like 320x240, got {text!r}") from None
+    if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
+        raise EdgeVLMError(f"--size {text}: each side must be {MIN_SIDE} to {MAX_SIDE} pixels")
     return width, height
 
 
 def _check_outputs(args) -> None:
-    """Fail before loading the model when an output cannot be written."""
+    """Fail before opening the source or loading the model when an output cannot be written."""
     from pathlib import Path
 
     from edge_vlm.errors import EdgeVLMError
+    from edge_vlm.fileio import check_output_folder
+    from edge_vlm.stream.sinks import VIDEO_CODECS
 
-    for flag, value in (("--jsonl", args.jsonl), ("--record", args.record), ("--out-bag", args.out_bag)):
+    for flag, value, what in (("--jsonl", args.jsonl, "JSONL output"), ("--record", args.record, "recording"),
+                              ("--out-bag", args.out_bag, "output bag")):
         if value is None:
             continue
         path = Path(value)
-        if not path.parent.is_dir():
-            raise EdgeVLMError(f"{flag} {path}: the folder {path.parent} does not exist")
+        if flag == "--out-bag" and (path.exists() or path.is_symlink()):
+            raise EdgeVLMError(f"--out-bag {path} already exists: bags are never overwritten, choose a new path")
         if flag != "--out-bag" and path.is_dir():
             raise EdgeVLMError(f"{flag} {path} is a directory: give a file path")
-    if args.out_bag and Path(args.out_bag).exists():
-        raise EdgeVLMError(f"--out-bag {args.out_bag} already exists: bags are never overwritten, choose a new path")
+        if flag == "--record" and path.suffix.lower() not in VIDEO_CODECS:
+            raise EdgeVLMError(f"--record {path} must end in one of {', '.join(VIDEO_CODECS)} (H.264 writing is not "
+                               "available in the OpenCV wheels)")
+        check_output_folder(path.parent, f"folder of the {what}")  # proven writable; nothing created stays
+
+
+def _check_text_arguments(args) -> None:
+    """Prompts (and the bag topic) must be UTF-8: checked before the model loads."""
+    from edge_vlm.engine import check_question
+
+    for prompt in args.prompt:
+        check_question(prompt, f"--prompt {prompt!r}")
+    if args.topic is not None:
+        check_question(args.topic, "--topic")
 
 
 def run(args) -> int:
@@ -86,15 +109,29 @@ def run(args) -> int:
     from edge_vlm.stream.sinks import JsonlSink, VideoRecorder
     from edge_vlm.stream.stats import RssMonitor, format_summary
 
+    skipped_shown = [0]
+
     def note(message: str) -> None:
         print(f"edge-vlm stream: {message}", file=sys.stderr, flush=True)
 
+    def on_event(event: dict) -> None:
+        # a source with many undecodable frames would flood the terminal: the first few are named, all are counted
+        if event["event"] == "skipped":
+            skipped_shown[0] += 1
+            if skipped_shown[0] > SKIPPED_SHOWN:
+                if skipped_shown[0] == SKIPPED_SHOWN + 1:
+                    note(f"source {event['source']}: more undecodable frames skipped (the summary counts them: "
+                         "bad_frames)")
+                return
+        note(f"source {event['source']}: {event['event']}: {event['message']}")
+
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                   top_p=args.top_p, seed=args.seed)
+    _check_text_arguments(args)
+    size = _size(args.size)
     _check_outputs(args)
-    source = open_source(args.source, topic=args.topic, fps=args.fps, size=_size(args.size),
-                         playback=args.playback, speed=args.speed,
-                         on_event=lambda e: note(f"source {e['source']}: {e['event']}: {e['message']}"))
+    source = open_source(args.source, topic=args.topic, fps=args.fps, size=size, playback=args.playback,
+                         speed=args.speed, on_event=on_event)
     engine, info = load_engine(model=args.model, bundle=args.bundle, threads=args.threads, dtype=args.dtype,
                                device=args.device)
     if info.get("random_weights"):
@@ -115,6 +152,7 @@ def run(args) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     live = sys.stdout.isatty() and not args.quiet
+    errors = []
     try:
         source.open()
         if args.jsonl:
@@ -146,10 +184,11 @@ def run(args) -> int:
                 print(f"[frame {event.frame_seq}] {event.prompt} -> {event.text} ({event.frame_age_ms:.0f} ms, "
                       f"{event.frames_dropped} dropped)", flush=True)
     finally:
+        # Every way out (end, signal, a source that failed for good, an error) closes the outputs and, once the
+        # loop has run, prints the summary; an error then still reaches the CLI's one-line report.
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         source.close()
-        errors = []
         for sink in sinks:
             try:
                 sink.close()
@@ -157,13 +196,15 @@ def run(args) -> int:
                 errors.append(f"{type(sink).__name__}: {exc}")
         if live:
             print(flush=True)
-    summary = runner.summary({"backend": info["backend"], "model": info["path"], "dtype": info.get("dtype"),
-                              "device": info.get("device"), "threads": args.threads,
-                              "random_weights": bool(info.get("random_weights")), "source": source.name,
-                              "prompts": len(args.prompt), "max_hz": args.max_hz, "playback": args.playback,
-                              "signal": received[0] if received else None, **memory.summary()})
-    note(format_summary(summary))
-    for error in errors:
-        note(f"could not finish an output: {error}")
-    print(json.dumps({"summary": summary}), flush=True)
+        if runner.started_mono is not None:
+            summary = runner.summary({
+                "backend": info["backend"], "model": info["path"], "dtype": info.get("dtype"),
+                "device": info.get("device"), "threads": args.threads,
+                "random_weights": bool(info.get("random_weights")), "source": source.name,
+                "prompts": len(args.prompt), "max_hz": args.max_hz, "playback": args.playback,
+                "signal": received[0] if received else None, **memory.summary()})
+            note(format_summary(summary))
+            for error in errors:
+                note(f"could not finish an output: {error}")
+            print(json.dumps({"summary": summary}), flush=True)
     return 1 if errors else 0

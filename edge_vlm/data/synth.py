@@ -20,8 +20,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -53,6 +51,7 @@ from edge_vlm.data.scene import (
     sample_scene,
 )
 from edge_vlm.errors import EdgeVLMError
+from edge_vlm.fileio import atomic_dir, is_empty_dir
 from edge_vlm.prompting import IMAGE_PLACEHOLDER
 
 __all__ = ["MovingScene", "moving_scene_frame", "write_world", "GENERATOR_VERSION"]
@@ -64,6 +63,10 @@ IMAGE_TAG_LAST = 0.2  # share of first questions with `<image>` after the text, 
 # With extra_questions, how many more times the question types are gone through: a picture that supports few
 # questions cannot fill every extra turn without repeating one, and then its conversation ends shorter.
 MAX_EXTRA_ROUNDS = 2
+# Picture sides accepted by write_world / `--image-size`, checked before anything is drawn. Below 32 px the glyphs
+# and small shapes are unreadable; above 4096 px one picture is 48 MB in memory and a world of them is not a
+# training set anyone can use (the model's vision tower sees 336 px).
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 4096
 
 
 def _rng(seed: int, *names) -> random.Random:
@@ -177,18 +180,20 @@ def _check_out(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise EdgeVLMError(f"--out {out} is a file; give the path of a directory to create")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise EdgeVLMError(f"--out {out} already exists and is not empty; choose a new directory or pass --force")
+        if is_world(out):
+            raise EdgeVLMError(f"--out {out} already holds a synthetic world (not empty): pass --force to replace it")
+        raise EdgeVLMError(f"--out {out} is not empty and is not an earlier synthetic world: choose a new directory "
+                           "(--force replaces only an earlier world)")
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished world into place: a reader sees the old directory or the new one, never half of one."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{tmp.name[-8:]}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
+def is_world(path: Path) -> bool:
+    """Whether `path` holds a world this generator wrote (its world.json manifest): only such a folder (or an empty
+    one) may be replaced with --force."""
+    try:
+        manifest = json.loads((path / "world.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "generator_version" in manifest and "counts" in manifest
 
 
 def write_world(out: str | Path, seed: int = 0, train: int = 10_000, eval_size: int = 1_400,
@@ -206,17 +211,18 @@ def write_world(out: str | Path, seed: int = 0, train: int = 10_000, eval_size: 
     """
     if extra_questions < 0:
         raise EdgeVLMError(f"extra_questions must be >= 0, got {extra_questions}")
-    if train < 1 or eval_size < 0 or image_size < 32:
-        raise EdgeVLMError(f"need --train >= 1, --eval >= 0 and --image-size >= 32 (got {train}, {eval_size}, "
-                           f"{image_size})")
+    if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        raise EdgeVLMError(f"--image-size must be {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels, got {image_size}")
+    if train < 1 or eval_size < 0:
+        raise EdgeVLMError(f"need --train >= 1 and --eval >= 0 (got {train}, {eval_size})")
     spec = spec or WorldSpec()
     sft = train // 5 if sft is None else sft
     text_only = train // 10 if text_only is None else text_only
     out = Path(out)
     _check_out(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    # Written into a temp folder beside `out` that takes its place only when complete: an error or Ctrl-C leaves
+    # nothing behind, and --force replaces only an earlier world or an empty folder, never a user's folder.
+    with atomic_dir(out, force=force or is_empty_dir(out), replaceable=is_world, what="synthetic world") as tmp:
         manifest = _write(tmp, seed, train, eval_size, sft, text_only, image_size, spec,
                           extra_questions, caption_counts, progress)
         manifest["command"] = command or (f"edge-vlm data synth --out {out} --seed {seed} --train {train} "
@@ -225,10 +231,6 @@ def write_world(out: str | Path, seed: int = 0, train: int = 10_000, eval_size: 
                                           + (f" --extra-questions {extra_questions}" if extra_questions else "")
                                           + (" --caption-counts" if caption_counts else ""))
         _dump(tmp / "world.json", manifest, indent=2)
-        _publish(tmp, out)
-    except BaseException:  # KeyboardInterrupt included: leave nothing half-written behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

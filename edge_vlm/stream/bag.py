@@ -12,8 +12,9 @@ import tempfile
 from pathlib import Path
 
 from edge_vlm.errors import EdgeVLMError
+from edge_vlm.fileio import check_output_parent
 from edge_vlm.stream.rosmsg import compressed_msg_to_rgb8, image_msg_to_rgb8, result_json, stamp_to_ns
-from edge_vlm.stream.source import EndOfStream, FrameSource, Grabbed
+from edge_vlm.stream.source import BadFrame, EndOfStream, FrameSource, Grabbed
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 ANSWER_TOPIC = "/edge_vlm/answer"
@@ -94,11 +95,14 @@ class BagSource(FrameSource):
         if item is None:
             raise EndOfStream(self.name)
         connection, log_time_ns, raw = item
-        msg = self._reader.deserialize(raw, connection.msgtype)
-        if connection.msgtype.endswith("CompressedImage"):
-            image = compressed_msg_to_rgb8(msg)
-        else:
-            image = image_msg_to_rgb8(msg)
+        try:
+            msg = self._reader.deserialize(raw, connection.msgtype)
+            if connection.msgtype.endswith("CompressedImage"):
+                image = compressed_msg_to_rgb8(msg)
+            else:
+                image = image_msg_to_rgb8(msg)
+        except Exception as exc:  # a damaged message is one bad frame: skipped and counted, the bag goes on
+            raise BadFrame(f"{self.topic} message logged at {log_time_ns} ns: {type(exc).__name__}: {exc}") from exc
         stamp_ns = stamp_to_ns(msg.header.stamp)
         return Grabbed(image=image, stamp_ns=stamp_ns, media_time_s=log_time_ns / 1e9,
                        frame_id=str(msg.header.frame_id), meta={"log_time_ns": log_time_ns, "topic": self.topic})
@@ -123,8 +127,7 @@ class BagAnswerWriter:
         if self.path.exists():
             raise EdgeVLMError(f"output bag {self.path} already exists: choose a new path (bags are never "
                                "overwritten)")
-        if not self.path.parent.is_dir():
-            raise EdgeVLMError(f"folder for the output bag does not exist: {self.path.parent}")
+        check_output_parent(self.path, "output bag")
         _, writer_cls, stores, get_typestore = _rosbags()
         self.typestore = get_typestore(stores.LATEST)
         self._string = self.typestore.types[STRING_TYPE]

@@ -9,15 +9,18 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from edge_vlm.errors import EdgeVLMError
-from edge_vlm.stream.source import EndOfStream, FrameSource, Grabbed, SourceError, as_rgb8
+from edge_vlm.stream.source import BadFrame, EndOfStream, FrameSource, Grabbed, SourceError, as_rgb8
 
+# The synthetic scene's largest side (as `edge-vlm stream --size` says): one 8192x8192 RGB frame is 200 MB.
+MAX_SYNTHETIC_SIDE = 8192
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
 class FolderSource(FrameSource):
     """The images of a folder in name order, as frames at `fps` (realtime) or one by one (lossless).
 
-    An unreadable image is reported and skipped (a folder of camera dumps often has one truncated file)."""
+    An unreadable image is reported, counted and skipped, however many come in a row (a folder of camera dumps
+    often has truncated files); a folder with no readable image at all fails."""
 
     def __init__(self, directory: str | Path, fps: float = 10.0, **kwargs):
         directory = Path(directory)
@@ -35,18 +38,17 @@ class FolderSource(FrameSource):
         self._index = 0
 
     def _grab(self) -> Grabbed:
-        while self._index < len(self.paths):
-            index = self._index
-            path = self.paths[index]
-            self._index += 1
-            try:
-                image = as_rgb8(path)
-            except EdgeVLMError as exc:
-                self.stats.errors += 1
-                self._event("skipped", str(exc))
-                continue
-            return Grabbed(image=image, media_time_s=index / self.nominal_fps, meta={"path": path.name})
-        raise EndOfStream(self.name)
+        if self._index >= len(self.paths):
+            raise EndOfStream(self.name)
+        index = self._index
+        path = self.paths[index]
+        self._index += 1
+        try:
+            image = as_rgb8(path)
+        except Exception as exc:  # whatever a damaged file makes the decoder raise, it is one bad frame
+            message = str(exc) if isinstance(exc, EdgeVLMError) else f"cannot read image {path}: {exc}"
+            raise BadFrame(message) from exc
+        return Grabbed(image=image, media_time_s=index / self.nominal_fps, meta={"path": path.name})
 
 
 def _fallback_moving_scene(t: float, size: tuple[int, int]) -> Image.Image:
@@ -98,8 +100,9 @@ class SyntheticSource(FrameSource):
                  renderer=None, **kwargs):
         if fps <= 0:
             raise EdgeVLMError(f"synthetic fps must be > 0, got {fps}")
-        if min(size) < 8:
-            raise EdgeVLMError(f"synthetic frame size must be at least 8x8, got {size}")
+        if min(size) < 8 or max(size) > MAX_SYNTHETIC_SIDE:
+            raise EdgeVLMError(f"synthetic frame size must be 8 to {MAX_SYNTHETIC_SIDE} pixels a side, got "
+                               f"{size[0]}x{size[1]}")
         super().__init__(f"synthetic:{fps:g}", **kwargs)
         self.nominal_fps = fps
         self.size = (int(size[0]), int(size[1]))

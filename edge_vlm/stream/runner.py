@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 
-from edge_vlm.engine import GenerationConfig
+from edge_vlm.engine import GenerationConfig, check_question
 from edge_vlm.errors import EdgeVLMError
 from edge_vlm.stream.source import EndOfStream, Frame, FrameSource
 from edge_vlm.stream.stats import RunStats
@@ -126,8 +126,7 @@ class StreamRunner:
             prompts = [prompts]
         cleaned = [str(p) for p in prompts]
         for prompt in cleaned:
-            if not prompt.strip():
-                raise EdgeVLMError("a prompt is empty: give the question text")
+            check_question(prompt, "a prompt")  # empty, or not UTF-8 (see check_question)
         return cleaned
 
     # ---- control, from any thread -------------------------------------------------------------------------------
@@ -177,6 +176,12 @@ class StreamRunner:
         self.started_mono = time.monotonic()
         try:
             yield from self._loop()
+        except GeneratorExit:  # the caller stopped reading
+            raise
+        except BaseException as exc:  # the summary says why the run ended; the caller gets the error itself
+            if not self.stop_reason:
+                self.stop_reason = self._reason(exc)
+            raise
         finally:
             self.finished_mono = time.monotonic()
             self.source_stats_at_end = self.source.stats.as_dict()
@@ -184,6 +189,12 @@ class StreamRunner:
             self._fail_pending(EdgeVLMError(f"the stream ended ({self.stop_reason or 'finished'})"))
             if opened_here:
                 self.source.close()
+
+    @staticmethod
+    def _reason(exc: BaseException) -> str:
+        if isinstance(exc, KeyboardInterrupt):
+            return "interrupted"
+        return str(exc) if isinstance(exc, EdgeVLMError) else f"{type(exc).__name__}: {exc}"
 
     def results(self) -> Iterator[StreamResult]:
         """Only the finished answers (partial text, if wanted, goes to `on_partial`)."""

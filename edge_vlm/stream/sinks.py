@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_vlm.errors import EdgeVLMError
+from edge_vlm.fileio import check_output_parent
 
 # fourcc per container: H.264 ('avc1') writing fails in the OpenCV 5 wheels (see stack.md), so mp4 gets mp4v.
 VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}
@@ -22,8 +23,7 @@ VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}
 def _check_parent(path: Path, what: str) -> None:
     if path.is_dir():
         raise EdgeVLMError(f"{what} {path} is a directory: give a file path")
-    if not path.parent.is_dir():
-        raise EdgeVLMError(f"folder for the {what} does not exist: {path.parent}")
+    check_output_parent(path, what)
 
 
 class JsonlSink:
@@ -34,7 +34,12 @@ class JsonlSink:
         self.path = Path(path)
         _check_parent(self.path, "JSONL output")
         self.extra = extra or {}
-        self._file = self.path.open("w", encoding="utf-8")
+        # backslashreplace: a file name that is not UTF-8 (a lone surrogate in Python) is written as its JSON escape
+        # \udcXX instead of failing the write; the line stays valid JSON.
+        try:
+            self._file = self.path.open("w", encoding="utf-8", errors="backslashreplace")
+        except OSError as exc:
+            raise EdgeVLMError(f"cannot write the JSONL output {self.path}: {exc.strerror or exc}") from exc
         self.count = 0
 
     def write(self, result) -> None:
@@ -80,10 +85,11 @@ class VideoRecorder:
     """Records every captured frame with the latest answers drawn on it.
 
     `tap(frame)` is the source's on_frame hook (capture thread): it only enqueues, and drops the frame (counted)
-    when the writer lags, so recording never slows capture. The file is written beside `path` under a temporary
+    when the writer lags (more than `queue_size` frames or `queue_mb` megabytes waiting), so recording never slows
+    capture nor fills memory with large frames. The file is written beside `path` under a temporary
     name and renamed into place by `close()`: a killed run leaves no truncated video."""
 
-    def __init__(self, path: str | Path, fps: float | None = None, queue_size: int = 64):
+    def __init__(self, path: str | Path, fps: float | None = None, queue_size: int = 64, queue_mb: float = 512):
         from edge_vlm.deps import require
 
         require("cv2")
@@ -99,6 +105,8 @@ class VideoRecorder:
         os.close(fd)
         self._tmp = Path(tmp)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._queue_bytes = int(queue_mb * 2**20)
+        self._queued_bytes = 0
         self._lines: list[str] = ["(waiting for the first answer)"]
         self._lock = threading.Lock()
         self._writer = None
@@ -111,9 +119,17 @@ class VideoRecorder:
         self._thread.start()
 
     def tap(self, frame) -> None:
+        size = frame.image.nbytes
+        with self._lock:
+            if self._queued_bytes and self._queued_bytes + size > self._queue_bytes:
+                self.frames_skipped += 1
+                return
+            self._queued_bytes += size
         try:
             self._queue.put_nowait(frame.image)
         except queue.Full:
+            with self._lock:
+                self._queued_bytes -= size
             self.frames_skipped += 1
 
     def write(self, result) -> None:
@@ -131,6 +147,8 @@ class VideoRecorder:
             image = self._queue.get()
             if image is None:
                 return
+            with self._lock:
+                self._queued_bytes -= image.nbytes
             if self._error is not None:
                 continue
             try:

@@ -13,13 +13,18 @@ The base class does the rest, identically for all of them:
   delivered one by one without dropping in `lossless` playback (offline evaluation of every frame);
 - end of a file raises `EndOfStream` from `read_latest` once the last frame has been read;
 - a failing grab is retried with exponential backoff (live sources reopen the device / stream), reported through
-  `events` and `on_event`, and only becomes fatal after `max_retries` (never, by default, for live sources).
+  `events` and `on_event`, and only becomes fatal after `max_retries` (never, by default, for live sources);
+- a frame that arrives but cannot be decoded (a corrupt file in a folder, a damaged bag message) is skipped and
+  counted (`stats.bad_frames`), however many come in a row; only a source that yields nothing decodable for longer
+  than `ReconnectPolicy.undecodable_s` has failed, and then the retries above apply. A file-like source that ends
+  without one decodable frame fails too.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -34,6 +39,11 @@ class EndOfStream(Exception):
 
 class SourceError(EdgeVLMError):
     """A source failed to deliver a frame (device unplugged, stream dropped, unreadable file)."""
+
+
+class BadFrame(Exception):
+    """Raised by a source's `_grab` for one frame that arrived but cannot be decoded: skipped and counted, the
+    source goes on to the next frame (see the module docstring)."""
 
 
 @dataclass
@@ -75,11 +85,13 @@ class Grabbed:
 @dataclass
 class ReconnectPolicy:
     """Retry a failing grab after `initial_s`, doubling up to `max_s`; give up after `max_retries` consecutive
-    failures (None: never). A successful grab resets the count."""
+    failures (None: never). A successful grab resets the count. Undecodable frames are skipped, not failures, until
+    the source has delivered nothing decodable for `undecodable_s` seconds; from then on each one is a failure."""
 
     initial_s: float = 0.1
     max_s: float = 5.0
     max_retries: int | None = None
+    undecodable_s: float = 10.0
 
     def delay(self, attempt: int) -> float:
         return min(self.max_s, self.initial_s * (2 ** max(0, attempt - 1)))
@@ -93,6 +105,7 @@ class SourceStats:
     stale: int = 0  # read but refused because older than max_age_ms
     errors: int = 0  # failed grabs
     reconnects: int = 0  # successful recoveries after a failure
+    bad_frames: int = 0  # frames that arrived but could not be decoded (skipped)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -125,7 +138,7 @@ class FrameSource:
         self.on_frame = on_frame  # called in the capture thread for every frame (e.g. a recorder's tap)
         self.nominal_fps: float | None = None
         self.stats = SourceStats()
-        self.events: list[dict] = []
+        self.events: deque[dict] = deque(maxlen=1000)  # the latest; a days-long run keeps flat memory
         self._slot: Frame | None = None
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -231,29 +244,27 @@ class FrameSource:
         failures = 0
         start_mono: float | None = None
         start_media: float | None = None
+        last_good = time.monotonic()  # when the source last gave a decodable frame (or opened)
         try:
             while not self._stop.is_set():
                 try:
                     grabbed = self._grab()
                 except EndOfStream:
+                    self._check_anything_decoded()
                     break
                 except Exception as exc:  # any grab failure is retried; see ReconnectPolicy
+                    if isinstance(exc, BadFrame):
+                        self.stats.bad_frames += 1
+                        self._event("skipped", str(exc))
+                        silent_s = time.monotonic() - last_good
+                        if silent_s <= self.reconnect.undecodable_s:
+                            continue
+                        exc = SourceError(f"nothing decodable for {silent_s:.1f} s: {exc}")
                     failures += 1
-                    self.stats.errors += 1
-                    policy = self.reconnect
-                    if policy.max_retries is not None and failures > policy.max_retries:
-                        self._event("gave_up", f"{type(exc).__name__}: {exc} (after {failures - 1} retries)")
-                        self._failure = exc
+                    if not self._retry(exc, failures):
                         break
-                    delay = policy.delay(failures)
-                    self._event("error", f"{type(exc).__name__}: {exc}; retry {failures} in {delay:.2f}s")
-                    if self._stop.wait(delay):
-                        break
-                    try:
-                        self._recover()
-                    except Exception as reopen_exc:  # the next grab fails again and backs off further
-                        self._event("error", f"reopen failed: {type(reopen_exc).__name__}: {reopen_exc}")
                     continue
+                last_good = time.monotonic()
                 if failures:
                     self.stats.reconnects += 1
                     self._event("recovered", f"frames flowing again after {failures} failed attempt(s)")
@@ -269,6 +280,31 @@ class FrameSource:
             with self._cond:
                 self._ended = True
                 self._cond.notify_all()
+
+    def _retry(self, exc: BaseException, failures: int) -> bool:
+        """After the `failures`-th failure in a row: wait, reopen a live source, and say whether to go on."""
+        self.stats.errors += 1
+        policy = self.reconnect
+        if policy.max_retries is not None and failures > policy.max_retries:
+            self._event("gave_up", f"{type(exc).__name__}: {exc} (after {failures - 1} retries)")
+            self._failure = exc
+            return False
+        delay = policy.delay(failures)
+        self._event("error", f"{type(exc).__name__}: {exc}; retry {failures} in {delay:.2f}s")
+        if self._stop.wait(delay):
+            return False
+        try:
+            self._recover()
+        except Exception as reopen_exc:  # the next grab fails again and backs off further
+            self._event("error", f"reopen failed: {type(reopen_exc).__name__}: {reopen_exc}")
+        return True
+
+    def _check_anything_decoded(self) -> None:
+        """A file, folder or bag that ended without one decodable frame has failed (not merely ended)."""
+        if self.stats.captured == 0 and self.stats.bad_frames > 0:
+            message = f"none of its {self.stats.bad_frames} frame(s) could be decoded"
+            self._event("gave_up", message)
+            self._failure = SourceError(message)
 
     def _publish(self, grabbed: Grabbed) -> None:
         now_mono, now_wall = time.monotonic(), time.time()

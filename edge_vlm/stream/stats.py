@@ -68,6 +68,7 @@ class RunStats:
             "prepare_ms_p50": percentile(self.prepare_ms, 50),
             "source_errors": int(source_stats.get("errors", 0)),
             "source_reconnects": int(source_stats.get("reconnects", 0)),
+            "bad_frames": int(source_stats.get("bad_frames", 0)),  # undecodable, skipped
         }
         summary.update(extra or {})
         return summary
@@ -96,7 +97,8 @@ def format_summary(summary: dict) -> str:
         f"{'-' if drop is None else f'{drop:.1%}'})\n"
         f"frame age at answer p50 {ms('frame_age_ms_p50')}, p95 {ms('frame_age_ms_p95')}; at inference start p50 "
         f"{ms('start_age_ms_p50')}; first token p50 {ms('first_token_ms_p50')}; prepare p50 {ms('prepare_ms_p50')}; "
-        f"source errors {summary['source_errors']}, reconnects {summary['source_reconnects']}"
+        f"source errors {summary['source_errors']}, reconnects {summary['source_reconnects']}, undecodable frames "
+        f"skipped {summary.get('bad_frames', 0)}"
     )
 
 

@@ -161,9 +161,21 @@ def test_bad_output_paths(tmp_path):
     with pytest.raises(EdgeVLMError, match="not empty"):
         write_world(tmp_path / "full", train=2, eval_size=1, progress=False)
     assert (tmp_path / "full" / "keep.txt").exists()
-    write_world(tmp_path / "full", train=2, eval_size=1, progress=False, force=True)
-    assert not (tmp_path / "full" / "keep.txt").exists() and (tmp_path / "full" / "world.json").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "full"], "no temp dirs left behind"
+    # --force never deletes a folder that is not a world: the user's file stays
+    with pytest.raises(EdgeVLMError, match="replaces only an earlier synthetic world"):
+        write_world(tmp_path / "full", train=2, eval_size=1, progress=False, force=True)
+    assert (tmp_path / "full" / "keep.txt").read_text() == "x"
+    # an earlier world is replaced with --force, and an empty folder is filled without it
+    write_world(tmp_path / "world", train=2, eval_size=1, progress=False, seed=1)
+    (tmp_path / "world" / "stale.txt").write_text("from the earlier world")
+    write_world(tmp_path / "world", train=2, eval_size=1, progress=False, force=True, seed=2)
+    assert not (tmp_path / "world" / "stale.txt").exists()
+    assert json.loads((tmp_path / "world" / "world.json").read_text())["seed"] == 2
+    (tmp_path / "empty").mkdir()
+    write_world(tmp_path / "empty", train=2, eval_size=1, progress=False)
+    assert (tmp_path / "empty" / "world.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file.txt", "full", "world"], \
+        "no temp dirs left behind"
 
 
 def test_moving_scene_is_smooth_deterministic_and_sized():

@@ -115,9 +115,10 @@ class MjpegServer:
 
 def write_image_bag(path: Path, frames: list[np.ndarray], topic: str = "/camera/image_raw", compressed_topic=None,
                     start_ns: int = 1_700_000_000_123_456_789, period_ns: int = 50_000_000,
-                    encoding: str = "bgr8") -> list[int]:
+                    encoding: str = "bgr8", corrupt: frozenset[int] = frozenset()) -> list[int]:
     """A rosbag2 with sensor_msgs/Image (and optionally CompressedImage) messages of `frames` (RGB uint8), written
-    with rosbags' own writer and typestore. Returns the header stamps (ns)."""
+    with rosbags' own writer and typestore. Returns the header stamps (ns). The messages at the indices in `corrupt`
+    are damaged: the Image one says 4x its real height, the CompressedImage one holds garbage instead of a PNG."""
     import cv2
     from rosbags.rosbag2 import Writer
     from rosbags.typesys import Stores, get_typestore
@@ -135,13 +136,16 @@ def write_image_bag(path: Path, frames: list[np.ndarray], topic: str = "/camera/
             stamps.append(stamp)
             header = header_t(stamp=time_t(sec=stamp // 10**9, nanosec=stamp % 10**9), frame_id="camera_optical")
             pixels = rgb[..., ::-1] if encoding == "bgr8" else rgb
-            msg = image_t(header=header, height=rgb.shape[0], width=rgb.shape[1], encoding=encoding,
+            height = rgb.shape[0] * (4 if index in corrupt else 1)
+            msg = image_t(header=header, height=height, width=rgb.shape[1], encoding=encoding,
                           is_bigendian=0, step=rgb.shape[1] * 3,
                           data=np.ascontiguousarray(pixels).reshape(-1))
             log_time = stamp + 2_000_000  # logged 2 ms after capture, as a recorder would
             writer.write(raw_conn, log_time, store.serialize_cdr(msg, image_t.__msgtype__))
             if comp_conn is not None:
                 ok, png = cv2.imencode(".png", rgb[..., ::-1])
+                if index in corrupt:
+                    png = np.frombuffer(b"\x89PNG\r\n\x1a\n" + bytes(range(200)), np.uint8)
                 cmsg = compressed_t(header=header, format="rgb8; png compressed bgr8", data=png.reshape(-1))
                 writer.write(comp_conn, log_time, store.serialize_cdr(cmsg, compressed_t.__msgtype__))
     return stamps

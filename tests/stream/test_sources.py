@@ -17,6 +17,7 @@ from edge_vlm.stream import EndOfStream, FrameSource, Grabbed, ReconnectPolicy, 
 from edge_vlm.stream.bag import BagSource
 from edge_vlm.stream.file_sources import FolderSource, SyntheticSource, moving_scene_renderer
 from edge_vlm.stream.opencv_sources import CameraSource, UrlSource, VideoFileSource
+from edge_vlm.stream.source import BadFrame
 
 
 def drain(source: FrameSource, timeout_s: float = 10.0) -> list:
@@ -191,6 +192,96 @@ def test_bag_source_reads_header_stamps_and_both_image_types(tmp_path):
         assert all(f.frame_id == "camera_optical" for f in got)
         for frame, rgb in zip(got, frames):
             np.testing.assert_array_equal(frame.image, rgb)  # bgr8 and PNG both lossless
+
+
+def test_bag_source_skips_runs_of_damaged_messages_and_counts_them(tmp_path):
+    """Runs of 5 and 10 damaged messages between good ones (4 in a row used to end the replay with 'gave_up')."""
+    frames = coloured_frames(20)
+    corrupt = frozenset([*range(2, 7), *range(8, 18)])
+    stamps = write_image_bag(tmp_path / "bag", frames, compressed_topic="/camera/image_raw/compressed",
+                             corrupt=corrupt)
+    good = [i for i in range(20) if i not in corrupt]
+    for topic in ("/camera/image_raw", "/camera/image_raw/compressed"):
+        events = []
+        with open_source(f"bag:{tmp_path / 'bag'}", topic=topic, playback="lossless", on_event=events.append,
+                         reconnect=ReconnectPolicy(initial_s=0.01, max_retries=3)) as source:
+            got = drain(source)
+        assert [f.stamp_ns for f in got] == [stamps[i] for i in good]
+        for frame, i in zip(got, good):
+            np.testing.assert_array_equal(frame.image, frames[i])
+        assert source.stats.bad_frames == len(corrupt) and source.stats.errors == 0
+        assert [e["event"] for e in events] == ["skipped"] * len(corrupt)
+
+
+class _UndecodableSource(FrameSource):
+    """A source whose frames all arrive damaged from grab `bad_from` on, every 10 ms; good again from `good_from`."""
+
+    def __init__(self, bad_from=3, good_from=None, live=False, **kwargs):
+        self.live = live
+        super().__init__("undecodable", **kwargs)
+        self.bad_from, self.good_from, self.calls, self.reopened = bad_from, good_from, 0, 0
+
+    def _grab(self):
+        self.calls += 1
+        time.sleep(0.01)
+        if self.calls > self.bad_from and (self.good_from is None or self.calls <= self.good_from):
+            raise BadFrame(f"frame {self.calls} is damaged")
+        return Grabbed(image=np.full((8, 8, 3), self.calls % 256, np.uint8))
+
+    def _recover(self):
+        self.reopened += 1
+
+
+def test_a_short_stretch_of_undecodable_frames_is_skipped_not_a_failure():
+    events = []
+    source = _UndecodableSource(bad_from=3, good_from=30, playback="lossless", on_event=events.append,
+                                reconnect=ReconnectPolicy(initial_s=0.01, max_retries=0, undecodable_s=5.0))
+    with source:
+        got = []
+        while len(got) < 8:
+            frame = source.read_latest(timeout_s=5)
+            assert frame is not None
+            got.append(frame)
+    assert source.stats.bad_frames == 27 and source.stats.errors == 0
+    assert {e["event"] for e in events} == {"skipped"}
+
+
+def test_a_source_with_nothing_decodable_for_longer_than_its_window_fails_as_the_policy_says():
+    events = []
+    file_like = _UndecodableSource(bad_from=2, on_event=events.append, playback="lossless",
+                                   reconnect=ReconnectPolicy(initial_s=0.01, max_retries=2, undecodable_s=0.3))
+    with file_like:
+        assert file_like.read_latest(timeout_s=5) is not None
+        assert file_like.read_latest(timeout_s=5) is not None
+        started = time.monotonic()
+        with pytest.raises(SourceError, match="nothing decodable for"):
+            while True:
+                file_like.read_latest(timeout_s=5)
+        assert time.monotonic() - started >= 0.3  # not before the window has passed
+    kinds = [e["event"] for e in events]
+    # each damaged frame is reported as skipped; past the window each is also a failure: 2 retries, then gave_up
+    assert kinds.count("error") == 2 and kinds[-1] == "gave_up" and kinds.count("gave_up") == 1
+    first_error = kinds.index("error")
+    assert first_error >= 10 and set(kinds[:first_error]) == {"skipped"}  # ~30 skipped in the 0.3 s window
+    # a live source reopens instead, and is flowing again once good frames come back
+    live_events = []
+    live = _UndecodableSource(bad_from=2, good_from=60, live=True, on_event=live_events.append,
+                              reconnect=ReconnectPolicy(initial_s=0.01, max_s=0.02, undecodable_s=0.2))
+    with live:
+        deadline = time.monotonic() + 10
+        while live.stats.reconnects < 1 and time.monotonic() < deadline:
+            live.read_latest(timeout_s=0.2)
+    assert live.reopened >= 1 and live.stats.reconnects == 1
+    assert "gave_up" not in [e["event"] for e in live_events]
+
+
+def test_a_folder_of_only_undecodable_files_fails_rather_than_ending(tmp_path):
+    for i in range(4):
+        (tmp_path / f"img_{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with open_source(f"folder:{tmp_path}", playback="lossless") as source:
+        with pytest.raises(SourceError, match="none of its 4 frame"):
+            drain(source)
+    assert source.stats.bad_frames == 4
 
 
 def test_spec_strings():
