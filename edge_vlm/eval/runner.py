@@ -215,7 +215,7 @@ def evaluate(engine, benchmark: str | Benchmark, data_dir, *, out_dir: str | Pat
               f"{failed[0]}", file=sys.stderr)
 
     answers = {item.key: known[item.key] for item in items if item.key in known}
-    scores = bench.score(dataset, items, answers)
+    scores = _score(bench, dataset, items, answers)
     result = EvalResult(bench.name, label, scores, bench.headline if scores else None, len(items), len(todo),
                         resumed, prepared_count, seconds, out, answers=answers)
     if out is not None:
@@ -289,7 +289,7 @@ def score_answer_file(benchmark: str | Benchmark, data_dir, answers_file: str | 
     if not answers:
         raise EdgeVLMError(f"no answer in {path} matches a question of {dataset.question_file}")
     label = label or path.stem
-    scores = bench.score(dataset, items, answers)
+    scores = _score(bench, dataset, items, answers)
     result = EvalResult(bench.name, label, scores, bench.headline if scores else None, len(items), 0, len(answers),
                         0, 0.0, Path(out_dir) if out_dir is not None else None, answers=answers)
     if out_dir is not None:
@@ -300,6 +300,15 @@ def score_answer_file(benchmark: str | Benchmark, data_dir, answers_file: str | 
                        offline=bench.offline)
         result.files.append(write_json_atomic(out / SCORES, summary, indent=2))
     return result
+
+
+def _score(bench: Benchmark, dataset: Dataset, items: list[EvalItem], answers: dict) -> dict | None:
+    """bench.score, with ground-truth files of the wrong shape (the user's, beside the questions) named in one line."""
+    try:
+        return bench.score(dataset, items, answers)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+        raise EdgeVLMError(f"cannot score {bench.name}: the ground-truth files under {dataset.root} are not as LLaVA "
+                           f"lays them out ({type(exc).__name__}: {exc})") from exc
 
 
 @contextmanager

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import torch
 
+from edge_vlm.configfile import parse_json, read_text_file
 from edge_vlm.errors import EdgeVLMError
 from edge_vlm.prompting import EOS_TEXT, IMAGE_PLACEHOLDER, PHI2_SYSTEM
 from edge_vlm.tokenizer import TextTokenizer, train_bpe_tokenizer
@@ -41,15 +41,17 @@ def corpus_texts(paths: list[str]) -> list[str]:
     texts = []
     for path in paths:
         file = Path(path)
-        if not file.is_file():
-            raise EdgeVLMError(f"tokenizer_corpus file not found: {file}")
-        try:
-            if file.suffix == ".jsonl":
-                records = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
-            else:
-                records = json.loads(file.read_text())
-        except json.JSONDecodeError as exc:
-            raise EdgeVLMError(f"cannot parse {file}: {exc}") from exc
+        text = read_text_file(file, "tokenizer_corpus file", kind="JSON")
+        if file.suffix == ".jsonl":
+            records = [parse_json(line, file, "tokenizer_corpus file", first_line=number)
+                       for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+        else:
+            records = parse_json(text, file, "tokenizer_corpus file")
+        if not isinstance(records, list) or not all(
+                isinstance(r, dict) and isinstance(r.get("conversations", []), list)
+                and all(isinstance(t, dict) for t in r.get("conversations", [])) for r in records):
+            raise EdgeVLMError(f"{file}: a tokenizer_corpus file is LLaVA or ShareGPT JSON: a list of records, each "
+                               "with a 'conversations' list of turns")
         for record in records:
             parts = [PHI2_SYSTEM]
             for turn in record.get("conversations", []):

@@ -13,6 +13,10 @@ from pathlib import Path
 
 import pytest
 
+# Importing the model code makes torch create its inductor cache folder in the temp folder; imported here, that
+# happens before the harness starts watching the temp folder (a run that gets as far as the model imports it).
+import edge_vlm.model.modeling  # noqa: F401
+
 SYS_DIR = Path("/sys/edge-vlm-test")  # sysfs refuses new folders even to root: an output folder nobody can create
 
 
@@ -204,3 +208,18 @@ def test_bad_eval_sources_and_outputs(refused, synth_data, tmp_path, tiny_checkp
             "--out", tmp_path / "a-file", match="a-file is a file, not a folder", watch=[tmp_path])
     refused("eval", "--model", tiny_checkpoint, "--benchmark", "synth", "--data", synth_data, "--limit", "0",
             match="--limit must be >= 1", watch=[tmp_path])
+
+
+@pytest.mark.parametrize("corpus, match", [
+    ("[{\"conversations\": [{\"value\": \"caf\u00e9\"}]}]".encode("latin-1"), "the tokenizer_corpus file is not UTF-8"),
+    (b'{"conversations": []}', "a tokenizer_corpus file is LLaVA or ShareGPT JSON"),
+])
+def test_a_bad_tokenizer_corpus(refused, setup, corpus, match):
+    # read when the tokenizer is trained, at the start of the run: the run folder is probed there, so only the
+    # inputs are watched, and the run folder must not be left behind
+    inputs = setup / "inputs"
+    inputs.mkdir()
+    path = write(inputs, corpus, "corpus.json")
+    plan = base_plan(setup, init_from=None) + f"model_preset: tiny\ntokenizer_vocab_size: 300\ntokenizer_corpus: [{path}]\n"
+    refused("train", "--config", write(inputs, plan), match=match, watch=[inputs])
+    assert not (setup / "run").exists()
