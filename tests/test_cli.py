@@ -71,3 +71,24 @@ def test_a_closed_pipe_is_not_an_error():
     command = f"'{sys.executable}' -m edge_vlm.cli.main info --preset llava-phi-2 | head -c 1"
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
+def _help(capsys, *verb: str) -> str:
+    from edge_vlm.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main([*verb, "--help"])
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+
+def test_the_documented_size_bounds_are_the_enforced_ones(capsys):
+    """--help states the bounds of stream --size, data synth --image-size and demo --n; the code enforces its own
+    constants: they must be the same numbers."""
+    from edge_vlm.cli import demo, stream
+    from edge_vlm.data.synth import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+    from edge_vlm.stream.file_sources import MAX_SYNTHETIC_SIDE
+
+    assert stream.MAX_SIDE == MAX_SYNTHETIC_SIDE
+    assert f"{stream.MIN_SIDE} to {MAX_SYNTHETIC_SIDE} pixels a side" in _help(capsys, "stream")
+    assert f"picture side in pixels, {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}" in _help(capsys, "data", "synth")
+    assert f"pictures to draw, 1 to {demo.MAX_PICTURES}" in _help(capsys, "demo")

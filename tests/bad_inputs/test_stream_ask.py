@@ -281,3 +281,19 @@ def test_demo_refuses_a_contact_sheet_under_a_file(refused, tiny_checkpoint, tmp
 def test_demo_refuses_a_picture_count_out_of_bounds(refused, tiny_checkpoint, tmp_path, n):
     refused("demo", "--model", tiny_checkpoint, "--n", n, "--out", tmp_path / "sheet.png", match="--n must be 1 to 100",
             watch=[tmp_path])
+
+
+def test_stream_jsonl_keeps_a_file_name_that_is_not_utf8(refused, tiny_checkpoint, tmp_path):
+    """A frame file whose name is not UTF-8 is answered; its JSONL line stays valid JSON, with the name's byte as
+    the JSON escape of Python's surrogate (read back, it is the same name)."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    name = os.fsdecode(b"frame_\xff.png")
+    Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(frames / name)
+    jsonl = tmp_path / "answers.jsonl"
+    outcome = refused.run(*stream_args(tiny_checkpoint, f"folder:{frames}", "--playback", "lossless", "--jsonl",
+                                       jsonl, "--quiet"))
+    assert outcome.code == 0, outcome.stderr
+    raw = jsonl.read_bytes()
+    assert b'"path": "frame_\\udcff.png"' in raw
+    assert [json.loads(line)["meta"]["path"] for line in raw.decode("utf-8").splitlines()] == [name]
