@@ -319,3 +319,18 @@ def test_encoded_bytes_get_the_same_checks(tmp_path):
         imaging.decode_image_bytes(b"", "frame 7")
     with pytest.raises(EdgeVLMError, match="cannot read image frame 7: image file is truncated"):
         imaging.decode_image_bytes(path.read_bytes()[:-30], "frame 7")
+
+
+def test_eps_is_not_handed_to_ghostscript(tmp_path):
+    """An EPS file would be rendered by Ghostscript inside PIL; edge-vlm refuses the format instead."""
+    from PIL import Image as PILImage
+
+    from edge_vlm.errors import EdgeVLMError
+    from edge_vlm.imaging import load_image
+
+    eps = tmp_path / "drawing.eps"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n0 0 moveto 8 8 lineto stroke\n%%EOF\n")
+    with PILImage.open(eps) as opened:  # PIL itself would take it: the refusal is ours
+        assert opened.format == "EPS"
+    with pytest.raises(EdgeVLMError, match="drawing.eps"):
+        load_image(eps)

@@ -144,20 +144,13 @@ def compressed_msg_to_rgb8(msg) -> np.ndarray:
 
     image_transport encodes colour images in the file's own colour order (cv2.imencode of BGR), so decoding the
     file gives true RGB whatever 'rgb8; jpeg compressed bgr8' says."""
-    from PIL import Image, UnidentifiedImageError
-
-    from edge_vlm.imaging import load_image, to_rgb
+    from edge_vlm.imaging import decode_image_bytes, load_image, to_rgb
 
     raw = _buffer(msg.data).tobytes()
     fmt = str(getattr(msg, "format", "")).lower()
     if "compresseddepth" in fmt:
         raw = raw[_COMPRESSED_DEPTH_HEADER:]
-    try:
-        with Image.open(io.BytesIO(raw)) as opened:
-            opened.load()
-            image = opened.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise EdgeVLMError(f"cannot decode CompressedImage (format {fmt!r}, {len(raw)} bytes): {exc}") from exc
+    image = decode_image_bytes(raw, f"(CompressedImage, format {fmt!r}, {len(raw)} bytes)")
     if "compresseddepth" in fmt or image.mode.startswith("I"):
         return to_display_rgb8(np.asarray(image).astype(np.uint16), "16UC1")
     return np.asarray(to_rgb(load_image(image)))

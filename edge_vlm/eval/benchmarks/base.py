@@ -43,14 +43,15 @@ class ImageRef:
         """The image as something edge_vlm.imaging.load_image accepts (a path or a decoded PIL image)."""
         if self.path is not None:
             return self.path
-        from PIL import Image, UnidentifiedImageError
+        import binascii
+
+        from edge_vlm.imaging import decode_image_bytes
 
         try:
-            with Image.open(io.BytesIO(base64.b64decode(self.b64))) as image:
-                image.load()
-                return image.copy()
-        except (ValueError, UnidentifiedImageError, OSError) as exc:
-            raise EdgeVLMError(f"cannot decode a base64 image ({self.key}): {exc}") from exc
+            data = base64.b64decode(self.b64, validate=True)
+        except (ValueError, binascii.Error) as exc:
+            raise EdgeVLMError(f"the base64 image {self.key} is not valid base64: {exc}") from exc
+        return decode_image_bytes(data, f"(base64, {self.key})")
 
 
 @dataclass
