@@ -42,6 +42,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 # routes that answer without the API key: the page itself (it holds no data) and the liveness probe
 OPEN_PATHS = ("/", "/health", "/favicon.ico")
 ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/live/events")
+INLINE_IMAGE_CHARS = 128 * 1024  # data URLs up to this size are decoded on the event loop (~1 ms at most)
 
 
 @dataclass
@@ -185,7 +186,13 @@ class Handlers:
     async def chat(self, request: Request) -> Response:
         chat = parse_body(await self._body(request))
         self._check_model(chat.model)
-        blob = await asyncio.to_thread(self._image, chat) if chat.image is not None else None
+        blob = None
+        if chat.image is not None:
+            url = chat.image.url
+            # a small picture is decoded right here (a hop to a thread would cost more than that); a large one or a
+            # download goes to a thread, so that the event loop keeps serving the others
+            small = url[:5].lower() == "data:" and len(url) <= INLINE_IMAGE_CHARS
+            blob = self._image(chat) if small else await asyncio.to_thread(self._image, chat)
         prompt_tokens, max_new = self.worker.prompt_length(chat.question, chat.history, blob is not None,
                                                            chat.config.max_new_tokens)
         loop = asyncio.get_running_loop()

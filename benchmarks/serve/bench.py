@@ -1,0 +1,248 @@
+"""`edge-vlm serve` measured: requests/s and latency against concurrent clients, and the server's overhead over calling
+the runtime in-process.
+
+    python benchmarks/serve/bench.py --bundle B --label builtin-int4 [--requests 200] [--concurrency 1,4,16]
+        [--out benchmarks/serve/results/NAME.json]
+
+Workloads (each request asks one question about a 480x480 JPEG, non-streamed, greedy):
+  cached  the same picture every time: the server reuses its prefix (vision + prefix prefill skipped), so a request
+          costs what `engine.stream` on a prepared image costs in-process, plus the serving;
+  new     a different picture every time: vision and prefix prefill on every request, in both.
+The in-process baseline is the same engine in this process: `answer(engine, prepared, q)` (cached) or
+`prepare_image(picture)` + `answer` (new; the picture already decoded). The server runs as `edge-vlm serve --bundle B`
+in its own process; clients are threads with one keep-alive HTTP connection each (http.client: the lightest client,
+so that the client's own cost stays small), requests pre-encoded before the clock starts. Overhead = p50 latency of
+one client against the server - p50 of the in-process call, measured in alternating rounds so that load from other
+jobs on a shared machine hits both alike. Prints a table and ends with one line of JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import io
+import json
+import os
+import platform
+import random
+import shlex
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+QUESTION = "What color is the square?"
+
+
+def pictures(count: int, seed: int) -> list[bytes]:
+    """`count` different synthetic scenes as 480x480 JPEG bytes (a camera-sized frame; the model resizes it)."""
+    from edge_vlm.data.scene import draw_scene, sample_scene
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        buffer = io.BytesIO()
+        draw_scene(sample_scene(rng), 480).save(buffer, format="JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def body(jpeg: bytes) -> bytes:
+    url = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+    return json.dumps({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": QUESTION}, {"type": "image_url", "image_url": {"url": url}}]}]}).encode()
+
+
+class Client:
+    """One keep-alive connection."""
+
+    def __init__(self, port: int):
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+
+    def ask(self, payload: bytes) -> tuple[float, dict]:
+        start = time.perf_counter()
+        self.connection.request("POST", "/v1/chat/completions", body=payload,
+                                headers={"Content-Type": "application/json"})
+        response = self.connection.getresponse()
+        data = response.read()
+        elapsed = (time.perf_counter() - start) * 1e3
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {data[:300]!r}")
+        return elapsed, json.loads(data)
+
+
+def start_server(bundle: str, threads: int | None) -> tuple[subprocess.Popen, int, str]:
+    # a 64 MB prefix cache: the `new` workload sends hundreds of pictures, which fill it and are evicted as in service
+    command = [sys.executable, "-m", "edge_vlm.cli.main", "serve", "--bundle", bundle, "--port", "0",
+               "--image-cache-mb", "64"]
+    if threads:
+        command += ["--threads", str(threads)]
+    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"serve-bench-{os.getpid()}.log", "w+")  # noqa: SIM115
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log.seek(0)
+            raise SystemExit(f"edge-vlm serve exited: {log.read()}")
+        log.seek(0)
+        for line in log.read().splitlines():
+            if " on http://" in line:
+                url = line.split(" on ")[1].split()[0]
+                try:
+                    urllib.request.urlopen(url + "/health", timeout=5).read()
+                    return process, int(url.rsplit(":", 1)[1]), shlex.join(command)
+                except OSError:
+                    pass
+        time.sleep(0.2)
+    process.kill()
+    raise SystemExit("edge-vlm serve did not start")
+
+
+def percentiles(values: list[float]) -> dict:
+    array = np.asarray(values)
+    return {"p50_ms": float(np.percentile(array, 50)), "p95_ms": float(np.percentile(array, 95)),
+            "mean_ms": float(array.mean()), "n": int(array.size)}
+
+
+def overhead(engine, port: int, jpegs: list[bytes], rounds: int, per_round: int, new: bool) -> dict:
+    """Alternating rounds: in-process calls, then the same work through the server by one client. `new`: every
+    server request sends a picture it has not seen (len(jpegs) >= rounds * per_round); `jpegs[0]` otherwise."""
+    from PIL import Image
+
+    from edge_vlm.engine import answer
+
+    client = Client(port)
+    local, served = [], []
+    decoded = [Image.open(io.BytesIO(j)).convert("RGB") for j in jpegs[:per_round]]
+    prepared = engine.prepare_image(decoded[0])
+    payloads = iter([body(j) for j in jpegs]) if new else None
+    cached = body(jpegs[0])
+    for _ in range(rounds):
+        for index in range(per_round):
+            start = time.perf_counter()
+            image_prepared = engine.prepare_image(decoded[index]) if new else prepared
+            answer(engine, image_prepared, QUESTION)
+            local.append((time.perf_counter() - start) * 1e3)
+        for _ in range(per_round):
+            served.append(client.ask(next(payloads) if new else cached)[0])
+    result = {"in_process": percentiles(local), "server": percentiles(served)}
+    result["overhead_ms_p50"] = result["server"]["p50_ms"] - result["in_process"]["p50_ms"]
+    result["overhead_pct_p50"] = 100 * result["overhead_ms_p50"] / result["in_process"]["p50_ms"]
+    return result
+
+
+def concurrent(port: int, payloads: list[bytes], clients: int, total: int) -> dict:
+    """`clients` threads sharing `total` requests: requests/s and latency percentiles."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    counter = iter(range(total))
+
+    def work():
+        client = Client(port)
+        while True:
+            with lock:
+                index = next(counter, None)
+            if index is None:
+                return
+            try:
+                elapsed, _ = client.ask(payloads[index % len(payloads)])
+            except Exception as exc:  # counted and shown: a benchmark with errors is not a clean one
+                with lock:
+                    errors.append(str(exc))
+                continue
+            with lock:
+                latencies.append(elapsed)
+
+    threads = [threading.Thread(target=work) for _ in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    return {"clients": clients, "requests": len(latencies), "errors": len(errors), "error_examples": errors[:3],
+            "requests_per_s": len(latencies) / wall, **percentiles(latencies)}
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return {"cpu": model or platform.processor(), "cores": os.cpu_count(), "load_average_1m": os.getloadavg()[0],
+            "python": platform.python_version()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", required=True)
+    parser.add_argument("--label", required=True, help="what the bundle is (say 'random weights' if it is)")
+    parser.add_argument("--requests", type=int, default=200, help="requests per concurrency level and workload")
+    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--rounds", type=int, default=10, help="alternating rounds of the overhead measurement")
+    parser.add_argument("--threads", type=int, help="intra-op threads, in-process and in the server alike")
+    parser.add_argument("--out", help="write the results as JSON here")
+    args = parser.parse_args()
+
+    from PIL import Image
+
+    from edge_vlm.runtime import BundleEngine
+
+    engine = BundleEngine.from_bundle(args.bundle, threads=args.threads)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    per_round = max(1, args.requests // args.rounds // 2)
+    # every `new` request gets a picture of its own: the overhead rounds, then each concurrency level
+    fresh = pictures(args.rounds * per_round + args.requests * len(levels), seed=1)
+    cached = pictures(1, seed=2)
+    process, port, server_command = start_server(args.bundle, args.threads)
+    results = {"label": args.label, "bundle": str(Path(args.bundle).resolve()),
+               "random_weights": bool(engine.random_weights), "machine": machine(),
+               "command": shlex.join([sys.executable, *sys.argv]), "server_command": server_command,
+               "picture": "480x480 JPEG (synthetic scene), one question, non-streamed, greedy",
+               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "overhead": {}, "concurrency": {}}
+    try:
+        warm = Client(port)
+        for jpeg in pictures(4, seed=3):  # warm both sides (first runs allocate)
+            warm.ask(body(jpeg))
+            engine.prepare_image(Image.open(io.BytesIO(jpeg)))
+        split = args.rounds * per_round
+        results["overhead"]["cached"] = overhead(engine, port, cached, args.rounds, per_round, new=False)
+        results["overhead"]["new"] = overhead(engine, port, fresh[:split], args.rounds, per_round, new=True)
+        results["concurrency"]["cached"] = [concurrent(port, [body(cached[0])], c, args.requests) for c in levels]
+        rows = []
+        for level, c in enumerate(levels):
+            start = split + level * args.requests
+            rows.append(concurrent(port, [body(j) for j in fresh[start:start + args.requests]], c, args.requests))
+        results["concurrency"]["new"] = rows
+    finally:
+        process.send_signal(2)
+        process.wait(60)
+    results["machine"]["load_average_1m_end"] = os.getloadavg()[0]
+    print(f"edge-vlm serve, {args.label} ({results['machine']['cpu']}, {results['machine']['cores']} cores, "
+          f"load {results['machine']['load_average_1m']:.1f} -> {results['machine']['load_average_1m_end']:.1f})")
+    print(f"{'workload':8} {'in-process p50':>15} {'server p50':>11} {'overhead':>14}")
+    for workload, o in results["overhead"].items():
+        print(f"{workload:8} {o['in_process']['p50_ms']:12.2f} ms {o['server']['p50_ms']:8.2f} ms "
+              f"{o['overhead_ms_p50']:7.2f} ms {o['overhead_pct_p50']:4.1f}%")
+    print(f"{'workload':8} {'clients':>7} {'req/s':>8} {'p50':>10} {'p95':>10} {'errors':>6}")
+    for workload, rows in results["concurrency"].items():
+        for row in rows:
+            print(f"{workload:8} {row['clients']:7d} {row['requests_per_s']:8.1f} {row['p50_ms']:7.1f} ms "
+                  f"{row['p95_ms']:7.1f} ms {row['errors']:6d}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
