@@ -163,17 +163,20 @@ class InProcessServer:
     """create_app + uvicorn on a thread, on a free port: for the tests that need a fake engine."""
 
     def __init__(self, engine, max_queue: int = 16, timeout_s: float = 120.0, api_key: str | None = None,
-                 cors: tuple[str, ...] = ()):
+                 cors: tuple[str, ...] = (), limits=None):
         import threading
 
         import uvicorn
 
         from edge_vlm.cli.serve import listen
         from edge_vlm.serve.app import Server, Settings, create_app
+        from edge_vlm.serve.images import ImageLimits
         from edge_vlm.serve.worker import ModelWorker
 
-        self.worker = ModelWorker(engine, max_queue=max_queue).start()
-        settings = Settings(model_id="fake", api_key=api_key, request_timeout_s=timeout_s, cors_origins=list(cors))
+        limits = limits or ImageLimits()
+        self.worker = ModelWorker(engine, max_queue=max_queue, limits=limits).start()
+        settings = Settings(model_id="fake", api_key=api_key, request_timeout_s=timeout_s, cors_origins=list(cors),
+                            limits=limits)
         sock = listen("127.0.0.1", 0)
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"

@@ -172,6 +172,36 @@ def test_cors_is_off_unless_asked(slow_server):
     assert headers.get("access-control-allow-origin") != "http://elsewhere"
 
 
+def test_remote_images_are_fetched_only_when_allowed(slow_server, pictures, tmp_path):
+    import functools
+    import http.server
+
+    from edge_vlm.serve.images import ImageLimits
+
+    (tmp_path / "big.png").write_bytes(b"\x89PNG" + b"\0" * 5000)
+    (tmp_path / "ok.png").write_bytes(pictures["scene0.png"].read_bytes())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    images_host = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=images_host.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{images_host.server_address[1]}"
+    try:
+        server = slow_server(FakeEngine(), limits=ImageLimits(max_bytes=4000, allow_remote=True))
+
+        def ask(url):
+            return post(server.url + "/v1/chat/completions", {"messages": [{"role": "user", "content": [
+                {"type": "text", "text": "Say yes."}, {"type": "image_url", "image_url": {"url": url}}]}]})
+
+        status, _, body = ask(base + "/ok.png")
+        assert status == 200 and body["choices"][0]["message"]["content"] == "yes yes yes"
+        status, _, body = ask(base + "/big.png")
+        assert status == 413 and body["error"]["code"] == "image_too_large"
+        status, _, body = ask(base + "/missing.png")
+        assert status == 400 and body["error"]["code"] == "image_fetch_failed" and "404" in body["error"]["message"]
+    finally:
+        images_host.shutdown()
+
+
 # ---- the worker's parts -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("stops, pieces, emitted, stopped", [
     ([], [" The", " red", " square", " "], ["The", " red", " square", ""], False),  # leading / trailing space dropped
