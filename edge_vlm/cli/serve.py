@@ -145,8 +145,7 @@ def _open_engine(args):
     engine = open_engine(ask_args)
     if args.bundle:
         manifest = engine.bundle.manifest
-        info = {"backend": "bundle", "path": str(Path(args.bundle).resolve()),
-                "precision": manifest.get("precision", {}).get("decoder"),
+        info = {"backend": "bundle", "precision": manifest.get("precision", {}).get("decoder"),
                 "precisions": manifest.get("precision", {}),
                 "provider": engine.providers["decoder"][0], "providers": engine.providers,
                 "random_weights": bool(engine.random_weights)}
@@ -157,9 +156,12 @@ def _open_engine(args):
 
         path = Path(args.model) if args.model else None
         meta_dir = path or Path(_builtin_dir())
-        info = {"backend": "torch", "path": str(meta_dir.resolve()),
-                "precision": str(engine.dtype).replace("torch.", ""), "provider": f"torch:{engine.device}",
-                "random_weights": bool(read_meta(meta_dir).random_weights)}
+        if args.threads:  # `ask` leaves torch's thread count alone; a server is told
+            import torch
+
+            torch.set_num_threads(args.threads)
+        info = {"backend": "torch", "precision": str(engine.dtype).replace("torch.", ""),
+                "provider": f"torch:{engine.device}", "random_weights": bool(read_meta(meta_dir).random_weights)}
         name = path.resolve().name if path else "edge-vlm-builtin"
     info.update(context_length=engine.context_length, num_image_tokens=engine.num_image_tokens)
     return engine, info, args.model_name or name

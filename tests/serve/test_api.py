@@ -123,8 +123,10 @@ def test_two_questions_about_one_picture_reuse_its_prefix(bundle_server, picture
     assert _metric(bundle_server.url, "edge_vlm_image_prefix_cache_total", result="hit") >= before + 1
 
 
-def test_models_health_and_metrics(bundle_server):
+def test_models_health_and_metrics(bundle_server, pictures):
     client = openai_client(bundle_server.url)
+    client.chat.completions.create(model="builtin-int4", messages=[user("Where is the red object?",
+                                                                        pictures["scene1.png"])])
     assert [m.id for m in client.models.list()] == ["builtin-int4"]
     assert client.models.retrieve("builtin-int4").id == "builtin-int4"
     with urllib.request.urlopen(bundle_server.url + "/health") as response:
