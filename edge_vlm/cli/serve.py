@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-name", metavar="NAME", help="the model's id in the API (default: the directory's "
                         "name, edge-vlm-builtin for the built-in model)")
     parser.add_argument("--providers", help="--bundle: comma-separated ONNX Runtime execution providers")
-    parser.add_argument("--threads", type=int, help="intra-op threads for inference")
+    parser.add_argument("--threads", type=int, metavar="N", help="intra-op threads for inference")
     parser.add_argument("--device", help="--model: torch device, e.g. cuda")
     net = parser.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--allow-remote-images", action="store_true",
                      help="let image_url be an http(s) URL the server fetches (default: data URLs only)")
     limits = parser.add_argument_group("limits")
-    limits.add_argument("--max-queue", type=int, default=16, help="requests waiting for the model before new ones "
+    limits.add_argument("--max-queue", type=int, default=16, metavar="N", help="requests waiting for the model before new ones "
                         "get 429 (default 16)")
     limits.add_argument("--request-timeout", type=float, default=120.0, metavar="S",
                         help="seconds a request may take, queue wait included (default 120)")
