@@ -261,8 +261,8 @@ class ModelWorker:
             running.cancel(_shutting_down())
         try:
             self.queue.put_nowait(_STOP)
-        except queue.Full:  # the worker is behind a full queue we just emptied: cannot happen, and it would stop
-            pass
+        except queue.Full:  # a request slipped in after the queue was emptied above: the worker stops after it
+            self.queue.put(_STOP, timeout=1.0)
 
     def close(self, timeout_s: float = 10.0) -> None:
         """begin_shutdown, then wait for the worker thread."""
