@@ -352,6 +352,10 @@ def run_vision_pretrain(options: dict, start_config, source: str, log=print) -> 
     model, tokenizer, meta = load_start(start_config, log=log)
     image_config = ImageConfig(image_size=model.config.vision_config.image_size, aspect="square")
     result = pretrain_vision(model, pictures, data_path.parent, image_config, config, out, log=log)
+    bad = next((name for name, p in model.named_parameters() if not bool(p.detach().isfinite().all())), None)
+    if bad is not None:  # the last update can break the weights although its loss was finite
+        raise EdgeVLMError(f"vision_pretrain diverged: {bad} is not finite after step {config.steps}; nothing was "
+                           f"saved; lower its lr ({config.lr:g}) and run again")
     meta.source = (meta.source + "; " if meta.source else "") + "vision tower pretrained on the world's scenes"
     save_checkpoint(model, tokenizer, final, meta)
     atomic_write(settings_file, json.dumps({"settings": settings, "result": result}, indent=2) + "\n",

@@ -183,3 +183,16 @@ def test_plan_step_runs_before_the_first_stage_which_starts_from_it(small_world,
     assert "[align] 2 steps" in capsys.readouterr().out
     align = yaml.safe_load((tmp_path / "runs" / "align" / "config.yaml").read_text())
     assert align["init_from"] == str(tmp_path / "vision" / "final") and align["model_preset"] is None
+
+
+def test_a_diverging_vision_pretraining_saves_nothing(small_world, tmp_path):
+    from edge_vlm.train.records import read_metrics
+
+    options = {"data_path": str(small_world / "pretrain.json"), "output_dir": str(tmp_path / "vision"),
+               "steps": 6, "batch_size": 8, "held_out": 16, "lr": 1e10}
+    with pytest.raises(EdgeVLMError, match="vision_pretrain diverged"):
+        run_vision_pretrain(options, _start_config(small_world, tmp_path), "test")
+    assert not (tmp_path / "vision" / "final").exists()
+    records = read_metrics(tmp_path / "vision" / "metrics.jsonl")
+    assert records[-1]["event"] == "diverged" and records[-1]["loss"] is None  # NaN / inf written as null
+    assert all(isinstance(r["loss"], float) for r in records[:-1])
