@@ -21,9 +21,11 @@ def read_metrics(path: str | Path) -> list[dict]:
     records = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 
@@ -44,7 +46,7 @@ class MetricsLog:
         if resume_step is None:
             self.path.unlink(missing_ok=True)
         else:
-            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            kept = [r for r in read_metrics(self.path) if isinstance(r.get("step"), int) and r["step"] <= resume_step]
             atomic_write(self.path, "".join(json_line(r) for r in kept), "training metrics")
         self.handle = self.path.open("a")
         self.writer = None
