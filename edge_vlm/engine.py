@@ -37,8 +37,8 @@ class GenerationConfig:
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise EdgeVLMError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise EdgeVLMError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 <= self.temperature < float("inf"):  # written so that NaN fails too
+            raise EdgeVLMError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise EdgeVLMError(f"top_p must be in (0, 1], got {self.top_p}")
 
