@@ -38,8 +38,16 @@ def _available_verbs() -> dict:
     return modules
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints a usage block before its error; a bad flag is bad input like any other, so it gets the one
+    line every refusal gets (the usage stays one `--help` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="edge-vlm", description="LLaVA-Phi from training to a robot: train, export, benchmark, stream."
     )
     parser.add_argument("--version", action="version", version=f"edge-vlm {__version__}")
@@ -91,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
+        sys.stdout.flush()  # a reader that went away is noticed here, inside the handler below, not at exit
+        return code
     except EdgeVLMError as exc:
         if args.debug:
             raise

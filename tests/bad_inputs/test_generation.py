@@ -26,3 +26,15 @@ def picture(tmp_path):
 def test_ask_refuses_unusable_decoding_settings(refused, picture, tmp_path, flag, value, match):
     refused("ask", "--model", builtin_model_dir(), "--image", picture, "What colour is the square?", f"{flag}={value}",
             match=match, watch=[tmp_path])
+
+
+@pytest.mark.parametrize(("argv", "match"), [
+    (["ask", "--no-such-flag"], "unrecognized arguments"),
+    (["stream", "--source", "synthetic", "--prompt", "p", "--max-frames", "x"], "invalid int value"),
+    (["stream", "--source", "synthetic"], "required"),
+    (["train", "--config"], "expected one argument"),
+    (["no-such-verb"], "invalid choice"),
+])
+def test_flag_errors_are_one_line_too(refused, argv, match):
+    """argparse's own refusals: one line and exit 2 like every other bad input (no usage block)."""
+    refused(*argv, match=match)
