@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         code = int(args._run(args) or 0)
         sys.stdout.flush()  # a reader that went away is noticed here, inside the handler below, not at exit
         return code
+    except BrokenPipeError:  # the reader went away (`edge-vlm ... | head`): stop quietly, as Unix tools do
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit; keep that from failing
+        return 141
     except EdgeVLMError as exc:
         if args.debug:
             raise
@@ -118,9 +121,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"edge-vlm {args.verb}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader went away (`edge-vlm ... | head`): stop quietly, as Unix tools do
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit; keep that from failing
-        return 141
 
 
 if __name__ == "__main__":
