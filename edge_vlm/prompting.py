@@ -1,7 +1,7 @@
-"""Conversation templates of LLaVA-Phi, byte-exact with LP's `conversation.py` (reference §3).
+"""Conversation templates of LLaVA-Phi, byte-exact with LP's `conversation.py` (docs/prompts.md).
 
 The renderer returns the text as *segments* flagged supervised or not, so training can mask labels by
-character span (reference §4: each answer and its `<|endoftext|>` are supervised, everything else is not)
+character span (docs/prompts.md: each answer and its `<|endoftext|>` are supervised, everything else is not)
 and inference can use the very same text. Torch-free: the runtime uses it too.
 """
 

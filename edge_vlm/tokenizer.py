@@ -1,6 +1,6 @@
 """Tokenizer loading and prompt encoding on the `tokenizers` library alone (no torch, no transformers).
 
-Phi-2's tokenizer is GPT-2 byte-level BPE: `<|endoftext|>` is bos/eos/unk, no BOS is added (reference §2).
+Phi-2's tokenizer is GPT-2 byte-level BPE: `<|endoftext|>` is bos/eos/unk, no BOS is added (docs/prompts.md).
 `<image>` is an added special token (one id); `encode_prompt` expands it to the model's image-token count.
 """
 

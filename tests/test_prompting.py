@@ -1,4 +1,4 @@
-"""Templates, byte-exact with reference §3 (strings written out by hand from the reference, not by our code)."""
+"""Templates, byte-exact with docs/prompts.md (strings written out by hand from the reference, not by our code)."""
 
 from __future__ import annotations
 

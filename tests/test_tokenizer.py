@@ -11,7 +11,7 @@ def test_image_placeholder_expands_to_the_image_token_count():
     tok = small_tokenizer()
     ids = tok.encode_prompt(to_text(render_chat([("What?", None)])), num_image_tokens=16)
     assert ids.count(tok.image_token_id) == 16
-    assert tok.eos_token_id not in ids  # no BOS is added (reference §2)
+    assert tok.eos_token_id not in ids  # no BOS is added (docs/prompts.md)
 
 
 def test_segment_encoding_equals_whole_text_encoding():

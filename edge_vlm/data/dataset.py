@@ -1,6 +1,6 @@
 """The supervised dataset of the three training stages, and the collate function.
 
-Stages (reference §3, §4, §6):
+Stages (docs/prompts.md, docs/recipe.md):
 - "sft": text-only conversations (ShareGPT), phi-2_v0 template without an image;
 - "pretrain" (stage 1): `plain` template `<image>{caption}\\n`, caption = the first answer; LLaVA's stage 1 keeps
   CLIP's resize + center crop (ImageConfig aspect "square"), see `default_image_config`;

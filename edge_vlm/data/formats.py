@@ -1,7 +1,7 @@
 """Readers for the training data formats: LLaVA JSON (image conversations) and ShareGPT (text conversations).
 
 Both are a list of records `{"id", "image"?, "conversations": [{"from": "human"|"gpt", "value": ...}, ...]}`
-(reference §6), stored as one JSON list (.json) or one record a line (.jsonl). A reader never drops or repairs a
+(docs/recipe.md), stored as one JSON list (.json) or one record a line (.jsonl). A reader never drops or repairs a
 record silently: what is wrong with a record's structure is written into `Sample.issues`, and
 `edge_vlm.data.validate` reports (and skips or stops on) those together with the checks that need files or a
 tokenizer. Torch-free.

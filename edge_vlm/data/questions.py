@@ -2,7 +2,7 @@
 
 Every question is asked only when its answer is unambiguous in the scene (colours are distinct within a scene, so
 "the red object" is one object; "what color is the star" needs exactly one star). Answers are one or two words.
-The prompt suffixes are the paper's evaluation suffixes (reference §8), byte for byte.
+The prompt suffixes are the paper's evaluation suffixes (docs/evaluation.md), byte for byte.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The paper's benchmarks (reference §8): prompts, official answer formats and scorers, a resumable runner.
+"""The paper's benchmarks (docs/evaluation.md): prompts, official answer formats and scorers, a resumable runner.
 
     from edge_vlm.eval import evaluate, compare_engines
     result = evaluate(engine, "pope", "playground/data/eval/pope", out_dir="eval-results/fp32/pope")

@@ -1,4 +1,4 @@
-"""The official scoring rules of the paper's benchmarks, as pure functions (reference §8).
+"""The official scoring rules of the paper's benchmarks, as pure functions (docs/evaluation.md).
 
 Each function names the upstream script whose rule it follows. Inputs are model answers as strings and the
 benchmark's ground truth; outputs are plain numbers (fractions in [0, 1]; callers turn them into percentages).

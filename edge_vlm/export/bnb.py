@@ -3,7 +3,7 @@
 Only the language model's Linear layers are quantized. The vision tower, the projector and the lm_head stay in
 full precision: they are small next to the decoder, and the vision features and the logits are where errors show
 most. In transformers 5 `llm_int8_skip_modules` must name full module paths; short names are ignored silently
-(stack.md), so a check after loading makes sure the skip list took effect.
+(docs/stack.md), so a check after loading makes sure the skip list took effect.
 
 On CPUs with AVX-512 BF16, bitsandbytes re-packs each 4-bit weight for its CPU kernel on the first inference call,
 and that packing only accepts some shapes (`cpu_4bit_packable`); 4-bit loading on such a CPU keeps the other Linear

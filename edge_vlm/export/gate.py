@@ -11,7 +11,7 @@ vectors look alike); top-1 agreement over positions; greedy-answer exact match; 
 against the samples' reference answers, where they have one.
 
 Default thresholds are set for a trained model (random weights have nearly tied logits, so quantized random models
-fail the answer-level checks by design; stack.md).
+fail the answer-level checks by design; docs/stack.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The decoder is first built in full precision by onnxruntime-genai's builder (written to disk with external data), then
 quantized here from that file. Why not the builder's own `-p int4`: it holds the full-precision graph in RAM and
-then a quantized copy (~17 GB peak for Phi-2, stack.md), while this pass reads one weight matrix from the external data
+then a quantized copy (~17 GB peak for Phi-2, docs/stack.md), while this pass reads one weight matrix from the external data
 file, hands it to ONNX Runtime's own node quantizer (the same `DefaultWeightOnlyQuantizer` / `HQQWeightOnlyQuantizer`
 that `MatMulNBitsQuantizer` runs, so the packed weights are identical) and keeps only the quantized result
 (export/README.md has the measured figures). GPTQ needs the whole model and calibration inputs, so it goes through

@@ -1,7 +1,7 @@
 """Vision tower + projector -> `vision.onnx`: pixel_values [B, 3, S, S] -> image_features [B, N, D], dynamic batch.
 
 Exported with `torch.onnx.export(dynamo=True)`. A batch-1 example silently specialises the batch to 1 under dynamo
-(stack.md), so the example has batch 2 (distinct from every other dim) and the written graph's input dims are checked.
+(docs/stack.md), so the example has batch 2 (distinct from every other dim) and the written graph's input dims are checked.
 FP16 is made from the FP32 graph with ONNX Runtime's float16 converter, keeping float32 inputs and outputs so the
 runtime feeds and reads the same arrays at every precision.
 

@@ -1,7 +1,7 @@
 """LLaVA-Phi as transformers' Llava with a Phi text model, keeping Phi-2's biased lm_head.
 
 From transformers 4.52 on, `LlavaForConditionalGeneration.lm_head` has no bias, so Phi-2's `lm_head.bias` would be
-dropped silently and every logit would shift (reference §1). This subclass only changes that one layer.
+dropped silently and every logit would shift (docs/model.md). This subclass only changes that one layer.
 """
 
 from __future__ import annotations

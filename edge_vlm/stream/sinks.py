@@ -16,7 +16,7 @@ import numpy as np
 from edge_vlm.errors import EdgeVLMError
 from edge_vlm.fileio import check_output_parent
 
-# fourcc per container: H.264 ('avc1') writing fails in the OpenCV 5 wheels (see stack.md), so mp4 gets mp4v.
+# fourcc per container: H.264 ('avc1') writing fails in the OpenCV 5 wheels (see docs/stack.md), so mp4 gets mp4v.
 VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}
 
 

@@ -4,7 +4,7 @@
 
 `--vision`: a local transformers CLIP directory (e.g. openai/clip-vit-large-patch14-336; a full CLIPModel or a
 CLIPVisionModel); `--llm`: a local transformers Phi directory with its tokenizer.json (e.g. microsoft/phi-2).
-`<image>` is added to the tokenizer as one special token (id 50295 for Phi-2: no embedding resize, reference §2).
+`<image>` is added to the tokenizer as one special token (id 50295 for Phi-2: no embedding resize, docs/prompts.md).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from edge_vlm.errors import EdgeVLMError
 
 STAGES = ("sft", "pretrain", "finetune")
 # The parts a stage can train. `llm` is Phi's embeddings, layers and final LayerNorm; `lm_head` is separate because
-# LP's stage 1 trains it as a side effect of its freezing code (reference §6).
+# LP's stage 1 trains it as a side effect of its freezing code (docs/recipe.md).
 PARTS = ("vision_tower", "projector", "llm", "lm_head")
 STAGE_TRAINABLE = {
     "sft": ("llm", "lm_head"),  # Phi-2 alone on text
@@ -39,7 +39,7 @@ STAGE_TRAINABLE = {
     "finetune": ("projector", "llm", "lm_head"),  # the paper's stage 2
 }
 STAGE_TEMPLATE = {"sft": "phi-2_v0", "pretrain": "plain", "finetune": "phi-2_v0"}
-# LLaVA-1.5's scripts: stage 1 resizes + center-crops (no image_aspect_ratio flag), stage 2 pads (reference §5).
+# LLaVA-1.5's scripts: stage 1 resizes + center-crops (no image_aspect_ratio flag), stage 2 pads (docs/preprocessing.md).
 STAGE_ASPECT = {"sft": "pad", "pretrain": "square", "finetune": "pad"}
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
@@ -75,7 +75,7 @@ class ConfigError(EdgeVLMError):
 
 @dataclass
 class TrainConfig:
-    """Everything one training stage needs. Defaults are the paper's stage-2 recipe (reference §6)."""
+    """Everything one training stage needs. Defaults are the paper's stage-2 recipe (docs/recipe.md)."""
 
     # -- what to train
     stage: str = "finetune"

@@ -14,7 +14,7 @@ from edge_vlm.bench.roofline import (
     roofline,
 )
 
-# Phi-2 by hand (reference §1): hidden 2560, 32 layers, MLP 10240, 32 heads of 80, vocab 51200.
+# Phi-2 by hand (docs/model.md): hidden 2560, 32 layers, MLP 10240, 32 heads of 80, vocab 51200.
 H, L, FF, V = 2560, 32, 10240, 51200
 PHI2_TEXT = {"hidden_size": H, "intermediate_size": FF, "num_hidden_layers": L, "num_attention_heads": 32,
              "num_key_value_heads": 32, "vocab_size": V}

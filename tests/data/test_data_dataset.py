@@ -1,4 +1,4 @@
-"""The supervised dataset and collate: label masking per reference §4 (checked by decoding the supervised tokens),
+"""The supervised dataset and collate: label masking per docs/prompts.md (checked by decoding the supervised tokens),
 segment encoding against transformers' tokenizer on the whole text, pixels against transformers' CLIP processor,
 and right padding + image order against transformers' Llava run one sample at a time."""
 
@@ -47,7 +47,7 @@ def test_stage2_supervised_tokens_are_exactly_the_answers_and_eos(world, world_t
         item = dataset[index]
         ids, labels = item["input_ids"].tolist(), item["labels"].tolist()
         runs = _runs(ids, labels)
-        # reference §3/§4: the space after "ASSISTANT:" belongs to the answer, then <|endoftext|>
+        # docs/prompts.md: the space after "ASSISTANT:" belongs to the answer, then <|endoftext|>
         assert [tok.decode(run, skip_special_tokens=False) for _, run in runs] == [
             f" {answer}{EOS_TEXT}" for _, answer in sample.turns]
         # no off-by-one: what precedes each answer ends with "ASSISTANT:" (nothing of the answer is masked)

@@ -1,4 +1,4 @@
-"""Readers on small files in the distributed layouts: the exact prompts of reference §8, images found, ids kept."""
+"""Readers on small files in the distributed layouts: the exact prompts of docs/evaluation.md, images found, ids kept."""
 
 from __future__ import annotations
 
