@@ -22,6 +22,7 @@ _EXTRAS = {
     "rosbags": ("ros", "rosbag2 replay"),
     "bitsandbytes": ("quant", "8-bit / 4-bit PyTorch loading"),
     "matplotlib": ("bench", "charts"),
+    "jsonschema": ("bench", "validating benchmark reports"),
     "tensorrt": ("gpu", "TensorRT engines (install TensorRT from NVIDIA / JetPack)"),
 }
 

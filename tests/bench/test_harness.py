@@ -28,7 +28,15 @@ def test_every_stage_and_metric_is_present(bench_run):
     assert backend["load_s"] > 0 and backend["memory"]["peak_rss_bytes"] >= backend["memory"]["rss_after_load_bytes"]
     assert backend["info"]["artifacts"]["weights_bytes"] > 0
     assert backend["roofline"]["bound_tokens_per_s"] > 0 and backend["roofline"]["percent_of_bound"] > 0
-    assert backend["energy"]["available"] in (True, False)
+    energy = backend["energy"]
+    # whether a power meter exists depends on the machine: either its figures are there, or the reason it is not
+    from edge_vlm.bench.power import select_meter
+
+    meter, reason = select_meter("cpu")
+    if meter is None:
+        assert energy == {"available": False, "reason": reason}
+    else:
+        assert energy["available"] is False or (energy["joules_per_token"] > 0 and energy["mean_power_w"] > 0)
     assert report["bandwidth"]["cpu"]["used_gb_s"] > 0
     assert report["settings"]["threads"] == 2 and backend["info"]["threads"] == 2
     # the sum of the stages is the query (timers are consecutive)

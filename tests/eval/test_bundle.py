@@ -26,8 +26,6 @@ def exportable_checkpoint(tmp_path_factory):
 
 
 def test_checkpoint_and_fp32_bundle_answer_alike(cli, exportable_checkpoint, tmp_path, capsys):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("edge_vlm.runtime")
     data = layouts.synth(tmp_path / "synth")
     bundle = tmp_path / "bundle-fp32"
     done = cli("export", "--model", str(exportable_checkpoint), "--out", str(bundle), "--precision", "fp32",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -116,20 +117,24 @@ def test_callbacks_only_hand_over_and_the_newest_image_wins():
     pub = Published()
     core = pub.core(prompts=["q"], max_hz=0.0)
     slow = core.engine
+    busy, release = threading.Event(), threading.Event()
 
     def prepare(image, original=slow.prepare_image):
-        time.sleep(0.3)
+        busy.set()
+        release.wait(10)  # the worker stays inside "inference" until the test lets it go
         return original(image)
 
     slow.prepare_image = prepare
     core.start()
     try:
         core.on_image(cdr_image(10, 1))
-        time.sleep(0.05)  # the worker has taken frame 1 and is busy
-        start = time.monotonic()
-        for red in (20, 30, 40):
-            core.on_image(cdr_image(red, red))
-        assert time.monotonic() - start < 0.1
+        assert busy.wait(10), "the worker never took frame 1"
+        # the worker is blocked in frame 1: callbacks that waited for inference would never return
+        pushing = threading.Thread(target=lambda: [core.on_image(cdr_image(red, red)) for red in (20, 30, 40)])
+        pushing.start()
+        pushing.join(10)
+        assert not pushing.is_alive(), "on_image waited for inference"
+        release.set()
         wait_until(lambda: len(pub.results) >= 2)
     finally:
         core.shutdown()
