@@ -1,4 +1,5 @@
-"""Vision tower + projector -> `vision.onnx`: pixel_values [B, 3, S, S] -> image_features [B, N, D], dynamic batch.
+"""Vision tower + projector -> `vision.onnx`: pixel_values [B, 3, S, S] -> image_features [B, N, D], dynamic batch
+(N: the patch tokens, or K of them under an image-token selection, edge_vlm.model.token_selection).
 
 Exported with `torch.onnx.export(dynamo=True)`. A batch-1 example silently specialises the batch to 1 under dynamo
 (docs/stack.md), so the example has batch 2 (distinct from every other dim) and the written graph's input dims are checked.
@@ -37,21 +38,25 @@ OPSET = 20
 
 class VisionFeatures(nn.Module):
     """The vision half of LLaVA alone (so the ONNX holds no LLM weights): the same computation as
-    LlavaPhiForConditionalGeneration.image_features: hidden state `vision_feature_layer`, CLS dropped, projector."""
+    LlavaPhiForConditionalGeneration.image_features: hidden state `vision_feature_layer`, CLS dropped, the model's
+    image-token selection if it has one (the graph then outputs K tokens), projector."""
 
     def __init__(self, model):
         super().__init__()
         self.vision_tower = model.model.vision_tower
         self.projector = model.model.multi_modal_projector
         self.feature_layer = model.config.vision_feature_layer
+        self.selection = model.token_selection
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        hidden = self.vision_tower(pixel_values, output_hidden_states=True).hidden_states
-        return self.projector(hidden[self.feature_layer][:, 1:])
+        from edge_vlm.model.token_selection import vision_features
+
+        return self.projector(vision_features(self.vision_tower, pixel_values, self.feature_layer, self.selection))
 
 
 def export_vision(model, target: Path, precision: str = "fp32") -> dict:
-    """Write `target` (+ `target.data`) and return its I/O description. `precision`: 'fp32' or 'fp16'."""
+    """Write `target` (+ `target.data`) and return its I/O description. `precision`: 'fp32' or 'fp16'. The graph
+    outputs `model.num_image_tokens` tokens per image (all patches, or the model's token selection)."""
     if precision not in ("fp32", "fp16"):
         raise EdgeVLMError(f"vision precision must be fp32 or fp16, got {precision!r}")
     target = Path(target)
@@ -116,9 +121,12 @@ def _quiet_exporter():
             lg.setLevel(level)
 
 
-def export_vision_subprocess(checkpoint: Path, target: Path, precision: str, log_path: Path) -> dict:
-    """export_vision in a fresh interpreter that loads `checkpoint` itself; returns the same I/O description."""
-    command = [sys.executable, "-m", "edge_vlm.export.vision", str(checkpoint), str(target), precision]
+def export_vision_subprocess(checkpoint: Path, target: Path, precision: str, log_path: Path,
+                             selection=None) -> dict:
+    """export_vision in a fresh interpreter that loads `checkpoint` itself (and applies the image-token `selection`,
+    an edge_vlm.image_tokens.TokenSelection or None); returns the same I/O description."""
+    chosen = json.dumps(None if selection is None else selection.to_dict())
+    command = [sys.executable, "-m", "edge_vlm.export.vision", str(checkpoint), str(target), precision, chosen]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
@@ -135,10 +143,12 @@ def export_vision_subprocess(checkpoint: Path, target: Path, precision: str, log
 
 
 def _main(argv: list[str]) -> int:
+    from edge_vlm.image_tokens import from_manifest
     from edge_vlm.model.checkpoint import load_checkpoint
 
-    checkpoint, target, precision = argv
+    checkpoint, target, precision, chosen = argv
     model = load_checkpoint(checkpoint, dtype=torch.float32)[0]
+    model.set_token_selection(from_manifest(json.loads(chosen), model.patch_tokens, "the vision export's selection"))
     info = export_vision(model, Path(target), precision)
     print(json.dumps(info))
     return 0

@@ -12,7 +12,9 @@ from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGener
 from transformers.utils import logging as hf_logging
 
 from edge_vlm.errors import EdgeVLMError
+from edge_vlm.image_tokens import TokenSelection
 from edge_vlm.model.presets import get_preset, num_image_tokens
+from edge_vlm.model.token_selection import vision_features
 
 # transformers draws progress bars for every load and save of a small file; our commands report their own progress
 # and keep stdout for answers.
@@ -29,20 +31,36 @@ class LlavaPhiForConditionalGeneration(LlavaForConditionalGeneration):
         super().__init__(config)
         text = config.text_config
         self.lm_head = nn.Linear(text.hidden_size, text.vocab_size, bias=True)
+        # None: every patch token, the paper's model. A run-time setting (set_token_selection), never saved with
+        # the weights: a checkpoint always holds the full model.
+        self.token_selection: TokenSelection | None = None
         self.post_init()
 
     @property
-    def num_image_tokens(self) -> int:
+    def patch_tokens(self) -> int:
+        """The vision tower's patch tokens N ((image size / patch size)^2)."""
         return num_image_tokens(self.config.vision_config.to_dict())
 
+    @property
+    def num_image_tokens(self) -> int:
+        """Image tokens the language model receives per image: N, or K under a token selection."""
+        return self.patch_tokens if self.token_selection is None else self.token_selection.image_tokens
+
+    def set_token_selection(self, selection: TokenSelection | None) -> None:
+        """Give the language model K of the N patch tokens (edge_vlm.image_tokens); None restores all N."""
+        if selection is not None and selection.image_tokens >= self.patch_tokens:
+            raise EdgeVLMError(f"a selection of {selection.image_tokens} image tokens needs fewer than the model's "
+                               f"{self.patch_tokens}")
+        self.token_selection = selection
+
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """pixel_values [B,3,S,S] -> what the projector reads [B, N, vision hidden]: the vision tower's hidden state
-        `vision_feature_layer` (LLaVA's -2), CLS dropped, in patch order."""
-        hidden = self.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
-        return hidden[self.config.vision_feature_layer][:, 1:]
+        """pixel_values [B,3,S,S] -> what the projector reads [B, N or K, vision hidden]: the vision tower's hidden
+        state `vision_feature_layer` (LLaVA's -2), CLS dropped, in patch order (edge_vlm.model.token_selection)."""
+        return vision_features(self.model.vision_tower, pixel_values, self.config.vision_feature_layer,
+                               self.token_selection)
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """pixel_values [B,3,S,S] -> projected image features [B, N, hidden]."""
+        """pixel_values [B,3,S,S] -> projected image features [B, N or K, hidden]."""
         return self.model.multi_modal_projector(self.vision_features(pixel_values))
 
 
