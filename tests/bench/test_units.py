@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_vlm.bench.bandwidth import measure_cpu_bandwidth, nominal_bandwidth
+from edge_vlm.bench.bandwidth import nominal_bandwidth
 from edge_vlm.bench.power import RaplMeter, mean_power_energy, parse_nvidia_smi, parse_tegrastats, rapl_domain
 from edge_vlm.bench.settings import BenchSettings, load_scenario, parse_backend, parse_backends
 from edge_vlm.bench.stats import decode_summary, percentile
@@ -192,10 +192,3 @@ def test_nominal_bandwidth_table():
     assert nominal_bandwidth("NVIDIA Jetson Orin Nano Developer Kit")[0] == 68.0
     assert nominal_bandwidth("Jetson Orin Nano 4GB")[0] == 34.0
     assert nominal_bandwidth("Radeon") is None
-
-
-def test_cpu_bandwidth_measurement_runs():
-    result = measure_cpu_bandwidth(threads=2, mib=16, repeats=2)
-    assert result["read_gb_s"] > 0 and result["copy_gb_s"] > 0
-    assert result["used_gb_s"] == max(result["read_gb_s"], result["copy_gb_s"])
-    measure_cpu_bandwidth(threads=3, mib=8, repeats=1)  # uneven split still views as int64
