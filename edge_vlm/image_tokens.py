@@ -96,3 +96,19 @@ def reduced_note(image_tokens: int, patch_tokens: int, selection: TokenSelection
         return None
     return (f"note: the image is given to the model as {image_tokens} of its {patch_tokens} tokens "
             f"({selection.describe()}); answers can differ from the full model's")
+
+
+def checkpoint_patch_tokens(directory) -> int | None:
+    """The patch tokens N of a checkpoint, from its config.json alone (no torch, no weights), so a K that cannot be
+    is refused before the model loads; None when the config cannot be read (loading then says what is wrong)."""
+    import json
+    from pathlib import Path
+
+    try:
+        vision = json.loads((Path(directory) / "config.json").read_text()).get("vision_config")
+        size, patch = vision["image_size"], vision["patch_size"]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
+    if not (_whole(size) and _whole(patch) and size >= patch >= 1):
+        return None
+    return (size // patch) ** 2

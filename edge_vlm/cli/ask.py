@@ -27,19 +27,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     quant = parser.add_mutually_exclusive_group()
     quant.add_argument("--load-in-4bit", action="store_true", help="--model with bitsandbytes NF4")
     quant.add_argument("--load-in-8bit", action="store_true", help="--model with bitsandbytes INT8")
+    parser.add_argument("--image-tokens", type=int, metavar="K",
+                        help="--model: give the language model K of the image's patch tokens, those the vision "
+                             "tower's CLS token attends to most (default: all); a bundle's K is fixed at export")
+    parser.add_argument("--contextual-tokens", type=int, metavar="C",
+                        help="with --image-tokens: C of the K tokens merged from the dropped patches (default 0)")
     parser.add_argument("--providers", help="--bundle: comma-separated ONNX Runtime execution providers")
     parser.add_argument("--threads", type=int, default=None, help="--bundle: intra-op threads")
 
 
 def open_engine(args: argparse.Namespace):
-    """The engine for --model / --bundle / the built-in default. Heavy imports happen here."""
-    from edge_vlm.errors import EdgeVLMError
+    """The engine for --model / --bundle / the built-in default. Heavy imports happen here. A model that sees fewer
+    image tokens than its patches is announced on stderr in one line."""
+    engine = _open_engine(args)
+    from edge_vlm.image_tokens import reduced_note
 
+    note = reduced_note(engine.num_image_tokens, engine.patch_tokens, engine.token_selection)
+    if note:
+        print(note, file=sys.stderr, flush=True)
+    return engine
+
+
+def _open_engine(args: argparse.Namespace):
+    from edge_vlm.errors import EdgeVLMError
+    from edge_vlm.image_tokens import checkpoint_patch_tokens
+    from edge_vlm.image_tokens import choose as choose_tokens
+
+    image_tokens, contextual = getattr(args, "image_tokens", None), getattr(args, "contextual_tokens", None)
     if args.bundle:
         from edge_vlm.runtime import BundleEngine
 
         providers = args.providers.split(",") if args.providers else None
         engine = BundleEngine.from_bundle(args.bundle, providers=providers, threads=args.threads)
+        _check_bundle_tokens(args.bundle, engine, image_tokens, contextual)
         if getattr(engine, "random_weights", False):
             print(f"note: {args.bundle} was exported from RANDOM weights; its answers are meaningless.", file=sys.stderr)
         return engine
@@ -48,15 +68,24 @@ def open_engine(args: argparse.Namespace):
 
     if args.preset:
         from edge_vlm.model.factory import random_model, small_tokenizer
-        from edge_vlm.model.presets import get_preset
+        from edge_vlm.model.presets import get_preset, num_image_tokens
 
-        get_preset(args.preset)
+        spec = get_preset(args.preset)
+        selection = choose_tokens(image_tokens, contextual, num_image_tokens(spec["vision"]))
         print(f"note: preset {args.preset} with RANDOM weights; its answers are meaningless.", file=sys.stderr)
         tokenizer = small_tokenizer()
-        return TorchEngine(random_model(args.preset, tokenizer, weight_std=0.05), tokenizer)
+        return TorchEngine(random_model(args.preset, tokenizer, weight_std=0.05), tokenizer,
+                           token_selection=selection)
 
     directory = args.model or _builtin_dir()
     check_checkpoint_dir(directory)
+    selection = None
+    if image_tokens is not None or contextual is not None:
+        patches = checkpoint_patch_tokens(directory)
+        if patches is None:
+            raise EdgeVLMError(f"{directory}/config.json does not give the vision tower's image_size and patch_size: "
+                               "cannot check --image-tokens against the model")
+        selection = choose_tokens(image_tokens, contextual, patches)
     meta = read_meta(directory)
     if meta.random_weights:
         print(f"note: {directory} has RANDOM weights ({meta.source}); its answers are meaningless.", file=sys.stderr)
@@ -65,13 +94,28 @@ def open_engine(args: argparse.Namespace):
         from edge_vlm.tokenizer import TextTokenizer
 
         model = load_quantized(directory, bits=4 if args.load_in_4bit else 8)
-        return TorchEngine(model, TextTokenizer.from_dir(directory), meta.image)
+        return TorchEngine(model, TextTokenizer.from_dir(directory), meta.image, selection)
     if args.device and args.device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
             raise EdgeVLMError("--device cuda was given but torch sees no CUDA GPU")
-    return TorchEngine.from_checkpoint(directory, device=args.device)
+    return TorchEngine.from_checkpoint(directory, device=args.device, token_selection=selection)
+
+
+def _check_bundle_tokens(path: str, engine, image_tokens: int | None, contextual: int | None) -> None:
+    """A bundle's image tokens are part of its vision graph: --image-tokens may only restate them."""
+    from edge_vlm.errors import EdgeVLMError
+
+    if image_tokens is None and contextual is None:
+        return
+    kept = engine.token_selection.contextual if engine.token_selection else 0
+    if image_tokens not in (None, engine.num_image_tokens) or contextual not in (None, kept):
+        asked = f"{image_tokens if image_tokens is not None else engine.num_image_tokens} image tokens" + (
+            f" ({contextual} contextual)" if contextual else "")
+        raise EdgeVLMError(f"--image-tokens/--contextual-tokens ask for {asked}, but the bundle {path} was exported "
+                           f"with {engine.num_image_tokens} ({kept} contextual), fixed in its vision graph: export it "
+                           "again with --image-tokens, or drop the flag")
 
 
 def _builtin_dir() -> str:

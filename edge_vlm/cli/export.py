@@ -31,6 +31,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            help="symmetric quantization (the default for rtn)")
     symmetric.add_argument("--asymmetric", dest="symmetric", action="store_false", default=None,
                            help="asymmetric quantization, a zero point per block (the default for gptq and hqq)")
+    parser.add_argument("--image-tokens", type=int, metavar="K",
+                        help="give the decoder K image tokens per image instead of every patch token (576 at full "
+                             "size): the K the vision tower's CLS token attends to most, in their order; faster "
+                             "prefill, answers can change (the gate measures it). Default: the target's (all)")
+    parser.add_argument("--contextual-tokens", type=int, metavar="C",
+                        help="with --image-tokens: C of the K tokens are merged from the dropped patches (by key "
+                             "similarity) instead of dropping them (default 0)")
+    parser.add_argument("--max-token-accuracy-drop", type=float, metavar="X",
+                        help="the gate's limit for what --image-tokens may cost PyTorch's answer accuracy on the "
+                             "validation samples, a share from 0 to 1 (default 0.01 = 1 point)")
     parser.add_argument("--val", help="validation data, LLaVA JSON like the eval split (default: synthetic world)")
     parser.add_argument("--val-samples", type=int, default=64,
                         help="validation samples for the gate (64: a 5%% accuracy-drop limit then tolerates 3 changed "
@@ -64,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         symmetric=args.symmetric, val=Path(args.val) if args.val else None, val_samples=args.val_samples,
         val_max_new_tokens=args.val_max_new_tokens, allow_degraded=args.allow_degraded, force=args.force,
         providers=args.providers.split(",") if args.providers else None, threads=args.threads,
+        image_tokens=args.image_tokens, contextual_tokens=args.contextual_tokens,
+        max_token_accuracy_drop=args.max_token_accuracy_drop,
     )
     export_bundle(options, log=lambda line: print(line, flush=True))
     return 0

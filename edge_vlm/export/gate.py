@@ -10,6 +10,10 @@ logit cosine (mean and min over positions, logits centred first: a shared offset
 vectors look alike); top-1 agreement over positions; greedy-answer exact match; answer accuracy of both sides
 against the samples' reference answers, where they have one.
 
+With an image-token selection (K of N image tokens), PyTorch runs with the same selection, so the figures above
+measure the export alone; PyTorch's accuracy with all N tokens is added, and the selection's own cost
+(`token_accuracy_drop`, all-token accuracy minus K-token accuracy) has its own limit.
+
 Default thresholds are set for a trained model (random weights have nearly tied logits, so quantized random models
 fail the answer-level checks by design; docs/stack.md).
 """
@@ -32,6 +36,9 @@ class Thresholds:
     top1_agreement_min: float
     exact_match_min: float
     accuracy_drop_max: float
+    # an image-token selection (K < N): PyTorch's accuracy with K tokens against PyTorch's with all N, the cost of
+    # the selection alone (the checks above compare the bundle with PyTorch at the same K)
+    token_accuracy_drop_max: float = 0.01
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,8 +86,9 @@ class GateResult:
 
 
 def torch_references(model, tokenizer, image_config, samples: list[ExportSample], max_new_tokens: int,
-                     progress=None) -> list[Reference]:
-    """Run the PyTorch model on the samples (greedy answers and teacher-forced logits)."""
+                     progress=None, desc: str = "PyTorch reference") -> list[Reference]:
+    """Run the PyTorch model on the samples (greedy answers and teacher-forced logits), with the model's image-token
+    selection if it has one."""
     import torch
 
     from edge_vlm.imaging import preprocess
@@ -89,7 +97,7 @@ def torch_references(model, tokenizer, image_config, samples: list[ExportSample]
     embed = model.get_input_embeddings()
     eos = tokenizer.eos_token_id
     references = []
-    for sample in progress(samples, desc="PyTorch reference", unit="sample") if progress else samples:
+    for sample in progress(samples, desc=desc, unit="sample") if progress else samples:
         prompt = inference_prompt(sample.question, None, has_image=sample.image is not None)
         ids = tokenizer.encode_prompt(prompt, model.num_image_tokens)
         with torch.no_grad():
@@ -117,8 +125,9 @@ def torch_references(model, tokenizer, image_config, samples: list[ExportSample]
 
 
 def bundle_figures(engine, samples: list[ExportSample], references: list[Reference], max_new_tokens: int,
-                   progress=None) -> dict:
-    """Run the bundle (a BundleEngine) on the same samples and compare with `references`."""
+                   progress=None, all_token_answers: list[str] | None = None) -> dict:
+    """Run the bundle (a BundleEngine) on the same samples and compare with `references`. `all_token_answers`:
+    PyTorch's answers with every image token, when the bundle (and `references`) use a token selection."""
     from edge_vlm.engine import GenerationConfig
     from edge_vlm.imaging import preprocess
 
@@ -160,7 +169,16 @@ def bundle_figures(engine, samples: list[ExportSample], references: list[Referen
         "accuracy_torch": correct_torch / graded if graded else None,
         "graded_samples": graded,
     }
+    if all_token_answers is not None:
+        figures["accuracy_all_tokens"] = _accuracy(all_token_answers, samples)
     return figures
+
+
+def _accuracy(answers: list[str], samples: list[ExportSample]) -> float | None:
+    graded = [(answer, sample.answer) for answer, sample in zip(answers, samples) if sample.answer is not None]
+    if not graded:
+        return None
+    return sum(normalize_answer(a) == normalize_answer(b) for a, b in graded) / len(graded)
 
 
 def judge(figures: dict, thresholds: Thresholds) -> GateResult:
@@ -184,6 +202,18 @@ def judge(figures: dict, thresholds: Thresholds) -> GateResult:
         figures["accuracy_drop"] = drop
         if drop > thresholds.accuracy_drop_max + 1e-12:
             failures.append(f"accuracy_drop {drop:.4g} (needs <= {thresholds.accuracy_drop_max:g})")
+    if "accuracy_all_tokens" in figures:  # a token selection: what it costs PyTorch's own answers
+        limit = thresholds.token_accuracy_drop_max
+        if figures["accuracy_all_tokens"] is None or figures.get("accuracy_torch") is None:
+            if limit < 1:
+                failures.append("token_accuracy_drop unknown: no validation sample has a reference answer (give "
+                                "--val DATA with answers, or accept any loss with --max-token-accuracy-drop 1)")
+        else:
+            drop = figures["accuracy_all_tokens"] - figures["accuracy_torch"]
+            figures["token_accuracy_drop"] = drop
+            if drop > limit + 1e-12:
+                failures.append(f"token_accuracy_drop {drop:.4g} (needs <= {limit:g}: fewer image tokens cost "
+                                "more answers than allowed; --max-token-accuracy-drop loosens it)")
     return GateResult(figures, thresholds, failures)
 
 

@@ -101,6 +101,7 @@ def describe(path: str | Path, as_json: bool = False, manifest: dict | None = No
         f"  model             {model.get('num_layers')} layers x {model.get('hidden_size')}, vocab "
         f"{model.get('vocab_size')}, {model.get('num_image_tokens')} image tokens at "
         f"{_section(manifest, 'image').get('image_size')} px, context {model.get('context_length')}",
+        f"  image tokens      {_image_tokens(path, manifest)}",
         f"  files             {len(files)}, {total / 1e6:.1f} MB in all",
     ]
     for role in ("vision", "decoder"):
@@ -119,6 +120,19 @@ def describe(path: str | Path, as_json: bool = False, manifest: dict | None = No
         lines.append(f"  tensorrt          {manifest['tensorrt']}")
     lines.append("  tools             " + ", ".join(f"{k} {v}" for k, v in _section(manifest, "tools").items()))
     return "\n".join(lines)
+
+
+def _image_tokens(path: Path, manifest: dict) -> str:
+    """'36 (every patch token)' / '18 of 36 (REDUCED; ...)'; a section too damaged to read is shown as it is (the
+    checks after the description report it)."""
+    from edge_vlm.errors import EdgeVLMError
+    from edge_vlm.image_tokens import summary
+    from edge_vlm.runtime.bundle import image_tokens
+
+    try:
+        return summary(*image_tokens(path / MANIFEST_FILE, manifest))
+    except (EdgeVLMError, KeyError, TypeError):
+        return f"{_section(manifest, 'model').get('num_image_tokens')!r} (vision section {manifest.get('vision')!r})"
 
 
 def _section(manifest: dict, key: str) -> dict:

@@ -2,8 +2,10 @@
 
 Steps (each reported as "[k/n] ..."):
   1. load the checkpoint (fp32) and check the decoder's shape suits ONNX Runtime's attention op
-  2. vision tower + projector -> vision.onnx (fp32 or fp16), in a subprocess (see edge_vlm.export.vision)
-  3. PyTorch reference answers and logits on the validation samples (while the model is loaded)
+  2. vision tower + projector -> vision.onnx (fp32 or fp16), in a subprocess (see edge_vlm.export.vision), with the
+     image-token selection when K image tokens of N were asked for (edge_vlm.image_tokens)
+  3. PyTorch reference answers and logits on the validation samples (while the model is loaded); with a token
+     selection also PyTorch's answers with every image token, what the selection costs
   4. decoder -> PhiForCausalLM dir -> onnxruntime-genai builder (subprocess), embeddings.npy; the model is freed first
   5. weight quantization (INT8 / INT4, MatMulNBits), or the full-precision decoder as built
   6. the validation gate: the bundle vs the PyTorch reference; a failing bundle is refused (or flagged)
@@ -18,13 +20,16 @@ import gc
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
 from edge_vlm.errors import EdgeVLMError
 from edge_vlm.export.gate import GateFailed, Thresholds, default_thresholds, format_figures, judge
 from edge_vlm.export.targets import get_target
+from edge_vlm.image_tokens import checkpoint_patch_tokens
+from edge_vlm.image_tokens import choose as choose_tokens
+from edge_vlm.image_tokens import summary as token_summary
 
 QUANTIZED = ("int8", "int4")
 
@@ -46,6 +51,9 @@ class ExportOptions:
     val_samples: int = 64  # one changed answer in 64 is a 1.6% drop; in 16 it is 6.25%, over the 5% limit alone
     val_max_new_tokens: int = 16
     thresholds: Thresholds | None = None  # None: the defaults for the precisions
+    image_tokens: int | None = None  # K image tokens per image; None: the target's (every patch token by default)
+    contextual_tokens: int | None = None  # of the K, merged from the dropped patches; None: the target's (0)
+    max_token_accuracy_drop: float | None = None  # the gate's limit for a token selection; None: the thresholds'
     allow_degraded: bool = False
     force: bool = False
     providers: list[str] | None = None  # for the gate's run of the bundle (None: automatic)
@@ -75,6 +83,13 @@ def export_bundle(options: ExportOptions, log=print) -> Path:
     if not model_path.is_dir():
         raise EdgeVLMError(f"model directory not found: {model_path}" if not model_path.exists()
                            else f"model path is not a directory: {model_path}")
+    drop = options.max_token_accuracy_drop
+    if drop is not None and not (isinstance(drop, (int, float)) and 0 <= drop <= 1):
+        raise EdgeVLMError(f"--max-token-accuracy-drop must be from 0 to 1 (a share of the answers), got {drop!r}")
+    image_tokens, contextual = _token_setting(options, target)
+    patches = checkpoint_patch_tokens(model_path)
+    if patches is not None:  # else loading the checkpoint reports what is wrong with its config
+        choose_tokens(image_tokens, contextual, patches)
     if out.resolve() == model_path.resolve():
         raise EdgeVLMError("--out must differ from --model: the export would replace the checkpoint")
     if model_path.resolve().is_relative_to(out.resolve()):
@@ -99,12 +114,19 @@ def export_bundle(options: ExportOptions, log=print) -> Path:
         step("loading the checkpoint")
         model, tokenizer, meta, shape = _load(model_dir, log)
         image_size = model.config.vision_config.image_size
+        patches = model.patch_tokens
+        selection = choose_tokens(image_tokens, contextual, patches)
+        model.set_token_selection(selection)
+        shape["num_image_tokens"] = model.num_image_tokens
+        if selection is not None:
+            log(f"  image tokens: {token_summary(model.num_image_tokens, model.patch_tokens, selection)}")
 
-        step(f"exporting the vision tower + projector ({target.vision_precision})")
+        step(f"exporting the vision tower + projector ({target.vision_precision}, "
+             f"{model.num_image_tokens} image tokens)")
         from edge_vlm.export.vision import export_vision_subprocess
 
         vision_info = export_vision_subprocess(model_dir, tmp / "vision.onnx", target.vision_precision,
-                                               work / "vision.log")
+                                               work / "vision.log", selection)
 
         step("PyTorch reference on the validation samples")
         from edge_vlm.export.gate import torch_references
@@ -116,6 +138,13 @@ def export_bundle(options: ExportOptions, log=print) -> Path:
             samples = synthetic_samples(work, options.val_samples, image_size)
             val_name = f"synthetic world eval split ({options.val_samples} questions, seed 0)"
         references = torch_references(model, tokenizer, meta.image, samples, options.val_max_new_tokens, progress)
+        all_token_answers = None
+        if selection is not None:  # what the selection itself costs: PyTorch's answers with every image token
+            model.set_token_selection(None)
+            all_token_answers = [ref.answer_text for ref in torch_references(
+                model, tokenizer, meta.image, samples, options.val_max_new_tokens, progress,
+                desc="PyTorch, every image token")]
+            model.set_token_selection(selection)
 
         step(f"building the decoder with onnxruntime-genai ({_base_precision(precision, target)}, "
              f"{target.execution_provider})")
@@ -159,18 +188,25 @@ def export_bundle(options: ExportOptions, log=print) -> Path:
         manifest = _manifest_body(options, target, precision, settings if precision in QUANTIZED else None,
                                   quant_summary, meta, model_dir, shape, tokenizer, vision_info, embeddings_dtype,
                                   {"decoder_bytes": decoder_bytes, "decoder_built_bytes": built_bytes,
-                                   "decoder_built_precision": _base_precision(precision, target)})
+                                   "decoder_built_precision": _base_precision(precision, target)},
+                                  {"patch_tokens": patches, "image_tokens": shape["num_image_tokens"],
+                                   "token_selection": None if selection is None else selection.to_dict()})
 
         step("validation gate: the bundle vs PyTorch")
-        result, gate_providers = _gate(tmp, manifest, samples, references, options, target, precision, progress)
+        result, gate_providers = _gate(tmp, manifest, samples, references, options, target, precision, progress,
+                                       all_token_answers)
         log(format_figures(result))
         manifest["validation"] = {**result.to_dict(), "data": val_name, "degraded": not result.passed,
                                   "providers": gate_providers, "max_new_tokens": options.val_max_new_tokens}
         if not result.passed and not options.allow_degraded:
+            tokens_only = all(failure.startswith("token_accuracy_drop") for failure in result.failures)
+            remedy = ("more image tokens (--image-tokens), or accept the loss with --max-token-accuracy-drop X"
+                      if tokens_only else "a higher precision (--int8 / --precision fp16), GPTQ calibration "
+                      "(--calibration DATA)")
             raise GateFailed(
-                f"the {precision} bundle failed the validation gate and was not written: "
-                f"{'; '.join(result.failures)}. Figures are above; try a higher precision (--int8 / --precision "
-                "fp16), GPTQ calibration (--calibration DATA), or --allow-degraded to write it flagged as degraded"
+                f"the {precision} bundle{_tokens_label(selection, shape)} failed the validation gate and was not "
+                f"written: {'; '.join(result.failures)}. Figures are above; try {remedy}, or --allow-degraded to "
+                "write it flagged as degraded"
             )
         if not result.passed:
             log("  WARNING: writing a DEGRADED bundle (--allow-degraded); the manifest says so")
@@ -273,8 +309,21 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def _tokens_label(selection, shape: dict) -> str:
+    return "" if selection is None else f" with {shape['num_image_tokens']} image tokens"
+
+
+def _token_setting(options: ExportOptions, target) -> tuple[int | None, int | None]:
+    """(K, contextual) from the options, else from the target profile (None, 0: every patch token)."""
+    if options.image_tokens is not None:
+        return options.image_tokens, options.contextual_tokens
+    if options.contextual_tokens is not None:
+        return target.image_tokens, options.contextual_tokens
+    return target.image_tokens, target.contextual_tokens
+
+
 def _manifest_body(options, target, precision, settings, quant_summary, meta, model_dir, shape, tokenizer,
-                   vision_info, embeddings_dtype, sizes) -> dict:
+                   vision_info, embeddings_dtype, sizes, vision) -> dict:
     from edge_vlm.export.manifest import checkpoint_hash, new_manifest, tool_versions
 
     quantization = None
@@ -287,6 +336,7 @@ def _manifest_body(options, target, precision, settings, quant_summary, meta, mo
         precision={"vision": target.vision_precision, "decoder": precision, "embeddings": embeddings_dtype},
         quantization=quantization,
         model={**shape, "template": meta.template},
+        vision=vision,  # image tokens: K of the tower's N patch tokens, and how they were chosen
         image=meta.image.to_dict(),
         roles={"vision": "vision.onnx", "decoder": "decoder/model.onnx", "embeddings": "embeddings.npy",
                "tokenizer": "tokenizer.json"},
@@ -308,14 +358,17 @@ def _manifest_body(options, target, precision, settings, quant_summary, meta, mo
     )
 
 
-def _gate(bundle_dir: Path, manifest: dict, samples, references, options, target, precision, progress):
+def _gate(bundle_dir: Path, manifest: dict, samples, references, options, target, precision, progress,
+          all_token_answers=None):
     from edge_vlm.export.gate import bundle_figures
     from edge_vlm.runtime.bundle import Bundle
     from edge_vlm.runtime.engine import BundleEngine
 
     engine = BundleEngine(Bundle(bundle_dir, manifest), providers=options.providers, threads=options.threads)
-    figures = bundle_figures(engine, samples, references, options.val_max_new_tokens, progress)
+    figures = bundle_figures(engine, samples, references, options.val_max_new_tokens, progress, all_token_answers)
     thresholds = options.thresholds or default_thresholds(target.vision_precision, precision)
+    if options.max_token_accuracy_drop is not None:
+        thresholds = replace(thresholds, token_accuracy_drop_max=float(options.max_token_accuracy_drop))
     providers = engine.providers
     del engine
     gc.collect()

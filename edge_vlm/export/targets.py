@@ -25,6 +25,10 @@ class TargetProfile:
     block_size: int = 32
     tensorrt: bool = False  # build the vision part as a TensorRT engine on the device
     description: str = ""
+    # image tokens per image (edge_vlm.image_tokens): None = every patch token (the paper's model); K = keep K,
+    # `contextual_tokens` of them merged from the dropped patches. Checked against the model at export.
+    image_tokens: int | None = None
+    contextual_tokens: int = 0
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -38,6 +42,12 @@ class TargetProfile:
         if self.accuracy_level is not None and (isinstance(self.accuracy_level, bool) or self.accuracy_level not in (
                 0, 1, 2, 3, 4)):
             raise EdgeVLMError(f"target {self.name}: accuracy_level must be 0-4 or null, got {self.accuracy_level!r}")
+        if self.image_tokens is not None and not (_whole(self.image_tokens) and self.image_tokens >= 1):
+            raise EdgeVLMError(f"target {self.name}: image_tokens must be a whole number >= 1 or null (every patch "
+                               f"token), got {self.image_tokens!r}")
+        if not (_whole(self.contextual_tokens) and self.contextual_tokens >= 0):
+            raise EdgeVLMError(f"target {self.name}: contextual_tokens must be a whole number >= 0, got "
+                               f"{self.contextual_tokens!r}")
         if not isinstance(self.tensorrt, bool):
             raise EdgeVLMError(f"target {self.name}: tensorrt must be true or false, got {self.tensorrt!r}")
         if self.execution_provider not in ("cpu", "cuda"):
@@ -56,6 +66,10 @@ class TargetProfile:
         data = asdict(self)
         data["precisions"] = list(self.precisions)
         return data
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 TARGETS = {

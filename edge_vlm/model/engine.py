@@ -14,6 +14,7 @@ from transformers.generation.stopping_criteria import StoppingCriteria, Stopping
 from transformers.generation.streamers import BaseStreamer
 
 from edge_vlm.engine import IMAGE_PREFIX, GenerationConfig, PreparedImage, prompt_ids
+from edge_vlm.image_tokens import TokenSelection
 from edge_vlm.imaging import ImageConfig, ImageInput, preprocess
 from edge_vlm.tokenizer import TextTokenizer, iter_text
 
@@ -51,21 +52,29 @@ class _StopWhenSet(StoppingCriteria):
 class TorchEngine:
     """A checkpoint answering questions, with the image prefix's KV cache reused across questions."""
 
-    def __init__(self, model, tokenizer: TextTokenizer, image_config: ImageConfig | None = None):
+    def __init__(self, model, tokenizer: TextTokenizer, image_config: ImageConfig | None = None,
+                 token_selection: TokenSelection | None = None):
+        """`token_selection`: give the language model K of the image's patch tokens (edge_vlm.image_tokens; None:
+        the model's own setting, every patch token unless it was given one)."""
         self.model = model
         self.tokenizer = tokenizer
         self.image_config = image_config or ImageConfig(image_size=model.config.vision_config.image_size)
+        if token_selection is not None:
+            model.set_token_selection(token_selection)
+        self.token_selection = model.token_selection
+        self.patch_tokens = model.patch_tokens
         self.num_image_tokens = model.num_image_tokens
         self.context_length = model.config.text_config.max_position_embeddings
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
 
     @classmethod
-    def from_checkpoint(cls, directory: str | Path, dtype=None, device: str | None = None, **load_kwargs) -> TorchEngine:
+    def from_checkpoint(cls, directory: str | Path, dtype=None, device: str | None = None,
+                        token_selection: TokenSelection | None = None, **load_kwargs) -> TorchEngine:
         from edge_vlm.model.checkpoint import load_checkpoint
 
         model, tokenizer, meta = load_checkpoint(directory, dtype=dtype, device=device, **load_kwargs)
-        return cls(model, tokenizer, meta.image)
+        return cls(model, tokenizer, meta.image, token_selection)
 
     def pixel_values(self, image: ImageInput) -> torch.Tensor:
         pixels = preprocess(image, self.image_config)

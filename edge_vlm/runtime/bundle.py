@@ -6,9 +6,10 @@ every file with its size and sha256, so a copy that lost or damaged a file is re
 crashing inside ONNX Runtime. The format is described in export/DESIGN.md.
 
 Opening a bundle checks, in order: the manifest (format, schema version, every section the runtime reads, known
-precisions, every path inside the bundle folder), the files (present, their size, by default their sha256), and the
-manifest against the files themselves (the precisions against the graphs and the embedding table, the context length
-against the decoder's rotary tables). Each failure is one EdgeVLMError that names the file.
+precisions, the image tokens, every path inside the bundle folder), the files (present, their size, by default their
+sha256), and the manifest against the files themselves (the precisions against the graphs and the embedding table,
+the context length against the decoder's rotary tables, the image tokens against the vision graph's output). Each
+failure is one EdgeVLMError that names the file.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from edge_vlm.errors import EdgeVLMError
+from edge_vlm.image_tokens import TokenSelection
+from edge_vlm.image_tokens import from_manifest as selection_from_manifest
 from edge_vlm.imaging import ImageConfig
 
 MANIFEST_FILE = "manifest.json"
@@ -135,7 +138,33 @@ def check_manifest(directory: str | Path, manifest: dict) -> None:
         if model[key] >= model["vocab_size"]:
             raise EdgeVLMError(f"{manifest_path}: model.{key} {model[key]} is outside the vocabulary of "
                                f"{model['vocab_size']}: {_DAMAGED}")
+    image_tokens(manifest_path, manifest)
     _check_tensorrt(manifest_path, manifest.get("tensorrt"))
+
+
+def image_tokens(manifest_path: Path, manifest: dict) -> tuple[int, int, TokenSelection | None]:
+    """(image tokens K the decoder receives, the vision tower's patch tokens N, the selection or None) after checking
+    the manifest's `vision` section against model.num_image_tokens (K). A bundle without the section (written
+    before image-token selection existed) gives its decoder every patch token."""
+    k = manifest["model"]["num_image_tokens"]
+    section = manifest.get("vision")
+    if section is None:
+        return k, k, None
+    if not isinstance(section, dict):
+        raise EdgeVLMError(f"{manifest_path}: the 'vision' section is not an object: {_DAMAGED}")
+    n, recorded = section.get("patch_tokens"), section.get("image_tokens")
+    if not (_whole(n, 1) and _whole(recorded, 1) and recorded <= n):
+        raise EdgeVLMError(f"{manifest_path}: vision.patch_tokens {n!r} and vision.image_tokens {recorded!r} must be "
+                           f"whole numbers >= 1, image tokens no more than patch tokens: {_DAMAGED}")
+    if recorded != k:
+        raise EdgeVLMError(f"{manifest_path}: vision.image_tokens {recorded} differs from model.num_image_tokens {k}: "
+                           f"{_DAMAGED}")
+    selection = selection_from_manifest(section.get("token_selection"), n, str(manifest_path))
+    chosen = n if selection is None else selection.image_tokens
+    if chosen != k:
+        raise EdgeVLMError(f"{manifest_path}: vision.token_selection gives {chosen} image tokens of {n}, but "
+                           f"vision.image_tokens is {k}: {_DAMAGED}")
+    return k, n, selection
 
 
 def _check_tensorrt(manifest_path: Path, section) -> None:
@@ -223,15 +252,30 @@ def check_contents(directory: str | Path, manifest: dict) -> None:
         raise EdgeVLMError(f"{manifest_path}: model.context_length {model['context_length']} is more than the decoder "
                            f"{decoder_path} can run (its rotary tables hold {positions} positions): {_DAMAGED}")
     vision_path = root / manifest["roles"]["vision"]
-    found = "fp16" if any(t.data_type == _FLOAT16 for t in _read_graph(vision_path, "vision model").graph.initializer) \
-        else "fp32"
+    vision = _read_graph(vision_path, "vision model")
+    found = "fp16" if any(t.data_type == _FLOAT16 for t in vision.graph.initializer) else "fp32"
     if found != precision["vision"]:
         raise EdgeVLMError(f"{manifest_path} says the vision part is {precision['vision']}, but {vision_path} is an "
                            f"{found} graph: the manifest does not match the bundle; export it again")
+    _check_vision_output(manifest_path, vision_path, vision, model)
     dtype = _npy_dtype(root / manifest["roles"]["embeddings"])
     if dtype != precision["embeddings"]:
         raise EdgeVLMError(f"{manifest_path} says the embeddings are {precision['embeddings']}, but "
                            f"{root / manifest['roles']['embeddings']} holds {dtype}: {_DAMAGED}")
+
+
+def _check_vision_output(manifest_path: Path, vision_path: Path, graph, model: dict) -> None:
+    """The vision graph's output is [batch, image tokens, hidden size] as the manifest says: the runtime splices
+    exactly model.num_image_tokens features into the prompt, so a manifest that lies about K (or a vision.onnx from
+    another export) is refused here, naming both, instead of failing at the first image."""
+    outputs = graph.graph.output
+    dims = [d.dim_value if d.HasField("dim_value") else d.dim_param
+            for d in outputs[0].type.tensor_type.shape.dim] if outputs else []
+    expected = [model["num_image_tokens"], model["hidden_size"]]
+    if len(dims) != 3 or list(dims[1:]) != expected:
+        shown = "x".join(str(d) for d in dims) or "unknown"
+        raise EdgeVLMError(f"{manifest_path} says each image gives {expected[0]} image tokens of {expected[1]}, but "
+                           f"{vision_path} outputs {shown}: the manifest does not match the bundle; export it again")
 
 
 # ---------------------------------------------------------------------------------------------- reading ONNX graphs
@@ -241,13 +285,16 @@ def check_contents(directory: str | Path, manifest: dict) -> None:
 _FLOAT, _FLOAT16 = 1, 10  # onnx.TensorProto.DataType
 _ONNX_SUBSET = {  # message: {field: (number, type, repeated)}; a type in capitals is another message here
     "Model": {"graph": (7, "Graph", False)},
-    "Graph": {"node": (1, "Node", True), "initializer": (5, "Tensor", True), "input": (11, "ValueInfo", True)},
+    "Graph": {"node": (1, "Node", True), "initializer": (5, "Tensor", True), "input": (11, "ValueInfo", True),
+              "output": (12, "ValueInfo", True)},
     "Node": {"input": (1, "string", True), "op_type": (4, "string", False), "attribute": (5, "Attribute", True)},
     "Attribute": {"name": (1, "string", False), "i": (3, "int64", False)},
     "Tensor": {"dims": (1, "int64", True), "data_type": (2, "int32", False), "name": (8, "string", False)},
     "ValueInfo": {"name": (1, "string", False), "type": (2, "Type", False)},
     "Type": {"tensor_type": (1, "TensorType", False)},
-    "TensorType": {"elem_type": (1, "int32", False)},
+    "TensorType": {"elem_type": (1, "int32", False), "shape": (2, "Shape", False)},
+    "Shape": {"dim": (1, "Dimension", True)},
+    "Dimension": {"dim_value": (1, "int64", False), "dim_param": (2, "string", False)},
 }
 _MODEL_CLASS = None
 
@@ -367,3 +414,8 @@ class Bundle:
     @property
     def tensorrt(self) -> dict:
         return self.manifest.get("tensorrt") or {}
+
+    @property
+    def image_tokens(self) -> tuple[int, int, TokenSelection | None]:
+        """(image tokens K per image, the vision tower's patch tokens N, the token selection or None when K = N)."""
+        return image_tokens(self.path / MANIFEST_FILE, self.manifest)

@@ -29,7 +29,8 @@ class BundleEngine:
     def __init__(self, bundle: Bundle, providers: list[str] | str | None = None, threads: int | None = None):
         self.bundle = bundle
         model = bundle.model
-        self.num_image_tokens = int(model["num_image_tokens"])
+        # the image tokens the decoder receives per image: every patch token, or the K the export selected
+        self.num_image_tokens, self.patch_tokens, self.token_selection = bundle.image_tokens
         self.context_length = int(model["context_length"])
         self.image_config = bundle.image_config
         self.tokenizer = TextTokenizer.from_dir(bundle.file("tokenizer").parent)
