@@ -104,3 +104,13 @@ def pick_bundles(bundles: list[str], precisions: list[str]) -> dict[str, str]:
             f"`edge-vlm export --model DIR --out BUNDLE --precision {missing[0]}`"
         )
     return by_precision
+
+
+def image_tokens_info(image_tokens: int, patch_tokens: int, selection) -> dict:
+    """What a backend gives its language model per image: K of N patch tokens, how they were chosen, and the line the
+    table shows (edge_vlm.image_tokens). Recorded in each backend's `info`: a reduced setting is another model."""
+    from edge_vlm.image_tokens import summary
+
+    return {"tokens": image_tokens, "patch_tokens": patch_tokens,
+            "selection": None if selection is None else selection.to_dict(),
+            "summary": summary(image_tokens, patch_tokens, selection)}

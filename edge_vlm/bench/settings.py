@@ -89,6 +89,10 @@ class BenchSettings:
     image: str | None = None  # None: a synthetic 640x480 image
     verify: str = "size"  # bundle file check at load: 'hash' reads every byte and would dominate load time
     bandwidth_mib: int = 256  # size of each array in the bandwidth measurement
+    # image tokens per image for torch backends (edge_vlm.image_tokens; None: every patch token); a bundle's are fixed
+    # at export, and a bundle with others is refused rather than timed as if it matched
+    image_tokens: int | None = None
+    contextual_tokens: int | None = None
 
     def __post_init__(self):
         for item in fields(self):
@@ -126,9 +130,10 @@ class BenchSettings:
 # whole-number settings: (least, most). The upper bounds only catch typos (an extra digit or three); the bandwidth
 # arrays are also held to half the machine's memory (two of them are allocated).
 WHOLE_NUMBERS = {"prompt_tokens": (1, 1_000_000), "new_tokens": (1, 1_000_000), "runs": (1, 100_000),
-                 "warmup": (0, 100_000), "threads": (1, 4096), "bandwidth_mib": (8, 1 << 20)}
+                 "warmup": (0, 100_000), "threads": (1, 4096), "bandwidth_mib": (8, 1 << 20),
+                 "image_tokens": (1, 1_000_000), "contextual_tokens": (0, 1_000_000)}
 _NAME_LISTS = ("backends", "bundles")  # a name, or a list of names
-_MAY_BE_NULL = ("model", "preset", "image", "threads")
+_MAY_BE_NULL = ("model", "preset", "image", "threads", "image_tokens", "contextual_tokens")
 
 
 def setting_problem(name: str, value) -> str | None:

@@ -86,10 +86,10 @@ def export_bundle(options: ExportOptions, log=print) -> Path:
     drop = options.max_token_accuracy_drop
     if drop is not None and not (isinstance(drop, (int, float)) and 0 <= drop <= 1):
         raise EdgeVLMError(f"--max-token-accuracy-drop must be from 0 to 1 (a share of the answers), got {drop!r}")
-    image_tokens, contextual = _token_setting(options, target)
+    image_tokens, contextual, flag = _token_setting(options, target)
     patches = checkpoint_patch_tokens(model_path)
     if patches is not None:  # else loading the checkpoint reports what is wrong with its config
-        choose_tokens(image_tokens, contextual, patches)
+        choose_tokens(image_tokens, contextual, patches, flag)
     if out.resolve() == model_path.resolve():
         raise EdgeVLMError("--out must differ from --model: the export would replace the checkpoint")
     if model_path.resolve().is_relative_to(out.resolve()):
@@ -115,7 +115,7 @@ def export_bundle(options: ExportOptions, log=print) -> Path:
         model, tokenizer, meta, shape = _load(model_dir, log)
         image_size = model.config.vision_config.image_size
         patches = model.patch_tokens
-        selection = choose_tokens(image_tokens, contextual, patches)
+        selection = choose_tokens(image_tokens, contextual, patches, flag)
         model.set_token_selection(selection)
         shape["num_image_tokens"] = model.num_image_tokens
         if selection is not None:
@@ -313,13 +313,14 @@ def _tokens_label(selection, shape: dict) -> str:
     return "" if selection is None else f" with {shape['num_image_tokens']} image tokens"
 
 
-def _token_setting(options: ExportOptions, target) -> tuple[int | None, int | None]:
-    """(K, contextual) from the options, else from the target profile (None, 0: every patch token)."""
+def _token_setting(options: ExportOptions, target) -> tuple[int | None, int | None, str]:
+    """(K, contextual, where K comes from) from the options, else from the target profile (None, 0: every patch
+    token)."""
     if options.image_tokens is not None:
-        return options.image_tokens, options.contextual_tokens
-    if options.contextual_tokens is not None:
-        return target.image_tokens, options.contextual_tokens
-    return target.image_tokens, target.contextual_tokens
+        return options.image_tokens, options.contextual_tokens, "--image-tokens"
+    contextual = target.contextual_tokens if options.contextual_tokens is None else options.contextual_tokens
+    flag = "--image-tokens" if target.image_tokens is None else f"target {target.name}'s image_tokens"
+    return target.image_tokens, contextual, flag
 
 
 def _manifest_body(options, target, precision, settings, quant_summary, meta, model_dir, shape, tokenizer,

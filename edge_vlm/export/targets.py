@@ -48,6 +48,9 @@ class TargetProfile:
         if not (_whole(self.contextual_tokens) and self.contextual_tokens >= 0):
             raise EdgeVLMError(f"target {self.name}: contextual_tokens must be a whole number >= 0, got "
                                f"{self.contextual_tokens!r}")
+        if self.contextual_tokens and self.image_tokens is None:
+            raise EdgeVLMError(f"target {self.name}: contextual_tokens {self.contextual_tokens} are part of "
+                               "image_tokens K, which is null (every patch token, nothing to merge)")
         if not isinstance(self.tensorrt, bool):
             raise EdgeVLMError(f"target {self.name}: tensorrt must be true or false, got {self.tensorrt!r}")
         if self.execution_provider not in ("cpu", "cuda"):

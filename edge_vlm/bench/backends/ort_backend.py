@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_vlm.bench.artifacts import bundle_artifacts, bundle_random_weights
+from edge_vlm.bench.artifacts import bundle_artifacts, bundle_random_weights, image_tokens_info
 from edge_vlm.bench.roofline import DecodeBytes, WeightFormat, analytic_decode_bytes, onnx_decode_bytes
 from edge_vlm.bench.settings import BackendSpec, BenchSettings
 from edge_vlm.errors import EdgeVLMError
@@ -40,6 +40,13 @@ class OrtBackend:
         self.random_weights = self.random_weights or bundle_random_weights(self.manifest)
         if engine.bundle.precision and self.spec.precision not in str(engine.bundle.precision).lower():
             raise EdgeVLMError(f"{self.bundle_dir} has precision {engine.bundle.precision}, not {self.spec.precision}")
+        asked, contextual = self.settings.image_tokens, self.settings.contextual_tokens
+        kept = engine.token_selection.contextual if engine.token_selection else 0
+        if asked not in (None, engine.num_image_tokens) or contextual not in (None, kept):
+            raise EdgeVLMError(f"--image-tokens/--contextual-tokens ask for {asked or engine.num_image_tokens} "
+                               f"({contextual or 0} contextual), but the bundle {self.bundle_dir} gives "
+                               f"{engine.num_image_tokens} ({kept} contextual), fixed at export: export it with "
+                               "that setting, or drop the flag")
 
     # --------------------------------------------------------------------------------------------------- stages
     def sync(self) -> None:
@@ -111,6 +118,8 @@ class OrtBackend:
             "threads": self.settings.threads,
             "source": f"bundle {self.bundle_dir}",
             "random_weights": self.random_weights,
+            "image_tokens": image_tokens_info(self.num_image_tokens, self.engine.patch_tokens,
+                                              self.engine.token_selection),
             "artifacts": bundle_artifacts(self.bundle_dir, self.manifest),
         }
 

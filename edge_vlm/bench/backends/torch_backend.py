@@ -11,7 +11,7 @@ import inspect
 
 import torch
 
-from edge_vlm.bench.artifacts import checkpoint_artifacts
+from edge_vlm.bench.artifacts import checkpoint_artifacts, image_tokens_info
 from edge_vlm.bench.roofline import DecodeBytes, kv_cache_bytes
 from edge_vlm.bench.settings import BackendSpec, BenchSettings
 from edge_vlm.errors import EdgeVLMError
@@ -113,6 +113,10 @@ class TorchBackend:
             self.random_weights = True
             self.image_config = ImageConfig(image_size=model.config.vision_config.image_size)
             self.source = f"preset {settings.preset} built in memory (random init)"
+        if settings.image_tokens is not None or settings.contextual_tokens is not None:
+            from edge_vlm.image_tokens import choose
+
+            model.set_token_selection(choose(settings.image_tokens, settings.contextual_tokens, model.patch_tokens))
         self.model, self.tokenizer = model, tokenizer
         self.num_image_tokens = model.num_image_tokens
         self.context_length = model.config.text_config.max_position_embeddings
@@ -171,6 +175,8 @@ class TorchBackend:
             "threads": torch.get_num_threads(),
             "source": self.source,
             "random_weights": self.random_weights,
+            "image_tokens": image_tokens_info(self.num_image_tokens, self.model.patch_tokens,
+                                              self.model.token_selection),
             "artifacts": checkpoint_artifacts(self.settings.model) if self.settings.model else
             {"kind": "in-memory", "parameters_bytes": sum(p.numel() * p.element_size() for p in self.model.parameters())},
         }
