@@ -13,8 +13,8 @@ keeps the best pass:
     capped so that the two arrays fit in a quarter of the available memory;
   - threads: 1, the powers of two, the bench's thread count and the usable cores; each thread reads one
     contiguous slice (ctypes and numpy release the GIL in these loops);
-  - best of `repeats` passes for each (kernel, size, threads): on a shared machine the slower passes measure the
-    neighbours.
+  - best of `repeats` passes (10, as STREAM runs) for each (kernel, size, threads): on a shared machine the slower
+    passes measure the neighbours.
 Without a working C compiler the numpy kernels alone are measured and the method says so, in words: a numpy figure
 may under-read the bus, so "% of bound" may over-report.
 """
@@ -188,7 +188,7 @@ def _best(rows: list[dict], prefix: tuple[str, ...]) -> float | None:
     return max(speeds) if speeds else None
 
 
-def measure_cpu_bandwidth(threads: int = 1, mib: int = 256, repeats: int = 5, sizes_mib: list[int] | None = None,
+def measure_cpu_bandwidth(threads: int = 1, mib: int = 256, repeats: int = 10, sizes_mib: list[int] | None = None,
                           counts: list[int] | None = None) -> dict:
     """The CPU's memory bandwidth in GB/s: the fastest of every kernel, size and thread count measured (see the
     module's docstring). `sizes_mib` / `counts` replace the automatic choices (the tests use small ones)."""

@@ -44,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     work.add_argument("--device", choices=["cpu", "cuda"], help="cpu (default) or cuda")
     work.add_argument("--image", help="an image file (default: a synthetic 640x480 picture)")
     work.add_argument("--verify", choices=["hash", "size", "none"], help="bundle file check at load (size)")
-    work.add_argument("--bandwidth-mib", type=int, help="array size of the bandwidth test in MiB (256)")
+    work.add_argument("--bandwidth-mib", type=int,
+                      help="smallest array of the bandwidth test in MiB (256); it also runs at 4x and 16x the "
+                           "last-level cache")
     work.add_argument("--scenario", help="a YAML scenario (benchmarks/*.yaml); flags given here win")
     out = parser.add_argument_group("output")
     out.add_argument("--json", metavar="FILE", help="write the full report (schema edge-vlm-bench v1)")
