@@ -69,7 +69,44 @@ TINY = {
     "image_token_id": None,
 }
 
-PRESETS = {"llava-phi-2": LLAVA_PHI_2, "tiny": TINY}
+# The built-in model (edge_vlm/assets/builtin, trained by train/configs/builtin.yaml). Shapes: head_dim 80 (160 / 2 heads) x partial_rotary_factor 0.4 = rotary dim 32, exactly Phi-2's attention geometry,
+# so the decoder goes through onnxruntime-genai's builder (GroupQueryAttention needs a head size that is a multiple of
+# 16 and rotary_dim / 2 a multiple of 8); widths of 160 are not multiples of 64, so
+# on AVX-512 CPUs bitsandbytes' 4-bit path keeps those layers in float (edge_vlm/export/bnb.py).
+# 84 px / 14 = 6 x 6 = 36 image tokens. The vocabulary is fitted to the tokenizer at build time (a byte-level BPE
+# trained on the world's text: ~650 entries -> 704 rows). ~2.0M parameters, ~8 MB fp32.
+BUILTIN_PRESET = {
+    "vision": {
+        "hidden_size": 96,
+        "intermediate_size": 384,
+        "num_hidden_layers": 4,  # LLaVA reads hidden_states[-2]: 3 layers feed the projector
+        "num_attention_heads": 3,
+        "patch_size": 14,
+        "image_size": 84,
+        "hidden_act": "quick_gelu",
+        "layer_norm_eps": 1e-5,
+        "projection_dim": 96,
+    },
+    "text": {
+        "vocab_size": 704,
+        "hidden_size": 160,
+        "intermediate_size": 640,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "hidden_act": "gelu_new",
+        "max_position_embeddings": 512,
+        "layer_norm_eps": 1e-5,
+        "partial_rotary_factor": 0.4,
+        "rope_theta": 10000.0,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+    },
+    # train_bpe_tokenizer puts <|endoftext|> at 0 and <image> after the learned entries: taken from the tokenizer.
+    "image_token_id": None,
+}
+
+PRESETS = {"llava-phi-2": LLAVA_PHI_2, "tiny": TINY, "builtin": BUILTIN_PRESET}
 
 
 def get_preset(name: str) -> dict:

@@ -23,16 +23,12 @@ PART_PREFIXES = {
 
 
 def resolve_preset(name: str) -> dict:
-    """A model preset by name: edge_vlm.model.presets, or 'builtin' (the built-in model's shape, edge_vlm.train.builtin)."""
+    """A model preset by name (edge_vlm.model.presets)."""
     from edge_vlm.model.presets import PRESETS
 
     if name in PRESETS:
         return PRESETS[name]
-    if name == "builtin":
-        from edge_vlm.train.builtin import BUILTIN_PRESET
-
-        return BUILTIN_PRESET
-    raise EdgeVLMError(f"unknown model_preset {name!r}; choose one of {sorted([*PRESETS, 'builtin'])}")
+    raise EdgeVLMError(f"unknown model_preset {name!r}; choose one of {sorted(PRESETS)}")
 
 
 def corpus_texts(paths: list[str]) -> list[str]:
