@@ -6,6 +6,7 @@ This is the one place for "temp file, then rename"; the rest of the package call
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -59,6 +60,71 @@ def check_output_folder(folder: str | Path, what: str = "output") -> Path:
     if not writable:
         raise EdgeVLMError(f"cannot write the {what} {folder}: it is not writable")
     return folder
+
+
+def check_output_file(path: str | Path, what: str = "output", ours: Callable[[Path], bool] | None = None) -> Path:
+    """Refuse, in one line and before any slow work, a named output FILE that would replace what is not ours.
+
+    The file may be written when it does not exist, is empty, or `ours(path)` recognises it as one edge-vlm wrote
+    earlier (a bench report, a stream log, ...): rerunning a command replaces its own output, never a user's file.
+    A folder (or a link to one) where the file goes is refused too. Checks nothing about the parent folder: that is
+    check_output_parent's (or check_output_folder's) job."""
+    path = Path(path)
+    if path.is_dir():
+        raise EdgeVLMError(f"{path} is a folder: give a file name for the {what}")
+    if not (path.exists() or path.is_symlink()):
+        return path
+    try:
+        empty = path.is_file() and path.stat().st_size == 0
+        recognised = not empty and path.is_file() and ours is not None and ours(path)
+    except (OSError, ValueError):  # unreadable, or not what the recogniser can parse: not known to be ours
+        empty = recognised = False
+    if not (empty or recognised):
+        raise EdgeVLMError(f"{path} exists and was not written by edge-vlm: choose another path or remove it first")
+    return path
+
+
+def read_head(path: Path, limit: int = 1 << 16) -> bytes:
+    """The first `limit` bytes of a file (what a recogniser looks at; a user's huge file is never read whole)."""
+    with open(path, "rb") as handle:
+        return handle.read(limit)
+
+
+def json_object(path: Path, limit: int = 1 << 26) -> dict | None:
+    """The file's JSON object (UTF-8, at most `limit` bytes), or None when it is anything else."""
+    if path.stat().st_size > limit:
+        return None
+    try:
+        value = json.loads(path.read_bytes())
+    except ValueError:  # not UTF-8 or not JSON
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def first_json_line(path: Path, limit: int = 1 << 20) -> dict | None:
+    """The JSON object on the file's first line (a JSONL log), or None."""
+    head = read_head(path, limit)
+    if b"\n" not in head:
+        return None
+    try:
+        value = json.loads(head.split(b"\n", 1)[0])
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def png_text(path: Path) -> dict:
+    """The text chunks of a PNG file (Software, Title, ...); {} for anything that is not a PNG. Reads the header
+    only, never the pixels."""
+    if read_head(path, 8) != b"\x89PNG\r\n\x1a\n":
+        return {}
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return {k: v for k, v in image.info.items() if isinstance(v, str)}
+    except Exception:  # noqa: BLE001 - a damaged PNG is simply not recognised (PIL raises many kinds)
+        return {}
 
 
 def atomic_write(path: str | Path, data: str | bytes, what: str = "output") -> Path:

@@ -10,7 +10,17 @@ import io
 from pathlib import Path
 
 from edge_vlm.deps import require
-from edge_vlm.fileio import atomic_write
+from edge_vlm.fileio import atomic_write, png_text
+
+SOFTWARE = "edge-vlm bench"  # the PNG's Software text chunk: how a rerun knows the chart is ours to replace
+
+
+def is_plot(path: Path) -> bool:
+    """A chart `--plot` wrote earlier: its PNG says so in its Software text chunk, or (charts written before that
+    chunk was set: matplotlib's own Software) in the title we always put there."""
+    text = png_text(path)
+    software, title = text.get("Software", ""), text.get("Title", "")
+    return software == SOFTWARE or (software.startswith("Matplotlib") and "edge-vlm bench on " in title)
 
 
 def write_plot(report: dict, path: str | Path) -> Path:
@@ -58,6 +68,6 @@ def write_plot(report: dict, path: str | Path) -> Path:
     figure.tight_layout()
     # the title goes into the PNG text chunk too, so tools (and tests) can read the random-weights label
     png = io.BytesIO()
-    figure.savefig(png, format="png", dpi=110, metadata={"Title": title})
+    figure.savefig(png, format="png", dpi=110, metadata={"Title": title, "Software": SOFTWARE})
     plt.close(figure)
     return atomic_write(path, png.getvalue(), "chart")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 # (label, getter, format string or function): one row per metric, one column per backend; a getter returns None
 # where the metric does not apply
@@ -141,10 +142,14 @@ def render_table(report: dict) -> str:
     return "\n".join(lines + ([""] + footer if footer else []))
 
 
+MARKDOWN_TITLES = ("# edge-vlm bench", "# edge-vlm bench — RANDOM WEIGHTS")
+
+
 def render_markdown(report: dict) -> str:
-    """A markdown page: label, command, machine, versions, the table, notes."""
+    """A markdown page: label, command, machine, versions, the table, notes. Its first line is one of
+    MARKDOWN_TITLES, which is how a rerun knows the page is ours to replace (is_report_markdown)."""
     header, rows = table_rows(report)
-    title = "# edge-vlm bench" + (" — RANDOM WEIGHTS" if report["random_weights"] else "")
+    title = MARKDOWN_TITLES[1] if report["random_weights"] else MARKDOWN_TITLES[0]
     lines = [title, ""]
     if report["random_weights"]:
         lines += [f"> **{report['label']}.** Speed and memory depend on the shapes, not on the weights' values, so "
@@ -168,6 +173,23 @@ def render_markdown(report: dict) -> str:
                 f"{human_bytes(bpt['kv_cache'])} + biases/norms/embedding row "
                 f"{human_bytes(bpt['vectors'] + bpt['embedding_row'])} ({bpt['source']})")
     return "\n".join(lines) + "\n"
+
+
+def is_report_json(path: Path) -> bool:
+    """A report `--json` wrote earlier: a JSON object carrying the bench schema id."""
+    from edge_vlm.bench.schema import SCHEMA_ID
+    from edge_vlm.fileio import json_object
+
+    report = json_object(path)
+    return report is not None and report.get("schema") == SCHEMA_ID
+
+
+def is_report_markdown(path: Path) -> bool:
+    """A page `--markdown` wrote earlier: its title line, then the recorded command."""
+    from edge_vlm.fileio import read_head
+
+    lines = read_head(path, 4096).decode("utf-8", errors="replace").splitlines()
+    return bool(lines) and lines[0] in MARKDOWN_TITLES and "Command:" in lines[1:8]
 
 
 def compact(report: dict) -> dict:

@@ -87,20 +87,25 @@ def _default_backends(values: dict) -> list[str]:
     return backends
 
 
-def _check_outputs(args: argparse.Namespace) -> None:
+def _check_outputs(args: argparse.Namespace, write_json: bool = True) -> None:
     """Refuse an output that cannot be written before anything is measured (a folder that is a file or read-only,
-    an output that is a folder): minutes of measurement must not end in a traceback."""
+    an output that is a folder, an existing file bench did not write): minutes of measurement must not end in a
+    traceback, nor replace a user's file."""
     from pathlib import Path
 
+    from edge_vlm.bench.plot import is_plot
+    from edge_vlm.bench.report import is_report_json, is_report_markdown
     from edge_vlm.errors import EdgeVLMError
-    from edge_vlm.fileio import check_output_parent
+    from edge_vlm.fileio import check_output_file, check_output_parent
 
-    for flag, what in (("json", "report"), ("markdown", "markdown page"), ("plot", "chart")):
+    for flag, what, ours in (("json", "report", is_report_json), ("markdown", "markdown page", is_report_markdown),
+                             ("plot", "chart", is_plot)):
         path = getattr(args, flag, None)
-        if path is None:
+        if path is None or (flag == "json" and not write_json):
             continue
         if Path(path).is_dir():
             raise EdgeVLMError(f"--{flag} {path} is a folder: give a file name")
+        check_output_file(path, what, ours)
         check_output_parent(path, what)
     profile = getattr(args, "profile", None)
     if profile is not None:
@@ -146,7 +151,7 @@ def _render(path: str, args: argparse.Namespace) -> int:
     from edge_vlm.bench.compare import load_report
 
     report = load_report(path)
-    _check_outputs(args)
+    _check_outputs(args, write_json=False)
     _outputs(report, args, write_json=False)
     return 0
 

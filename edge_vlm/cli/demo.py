@@ -11,6 +11,7 @@ import argparse
 
 HELP = "show the built-in model answering questions about a few new synthetic pictures"
 
+SOFTWARE = "edge-vlm demo"  # the contact sheet's PNG Software text chunk: how a rerun knows the file is ours
 QUESTIONS_PER_PICTURE = 3
 MAX_PICTURES = 100  # the contact sheet is one row of 300 px columns: 100 of them is already 30,000 px wide
 
@@ -19,8 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="a checkpoint dir (default: the built-in model)")
     parser.add_argument("--n", type=int, default=4, help=f"pictures to draw, 1 to {MAX_PICTURES} (default 4)")
     parser.add_argument("--seed", type=int, default=2024, help="which pictures and questions (default 2024)")
-    parser.add_argument("--out", default="edge-vlm-demo.png", help="contact sheet PNG (default edge-vlm-demo.png); "
-                                                                   "'-' to skip")
+    parser.add_argument("--out", default="edge-vlm-demo.png",
+                        help="contact sheet PNG (default edge-vlm-demo.png; an existing file is replaced only if a "
+                             "demo wrote it); '-' to skip")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
@@ -39,11 +41,12 @@ def run(args: argparse.Namespace) -> int:
 
     if not 1 <= args.n <= MAX_PICTURES:
         raise EdgeVLMError(f"--n must be 1 to {MAX_PICTURES}, got {args.n}")
-    if args.out != "-":  # before the model runs, not after
-        from edge_vlm.fileio import check_output_folder
+    if args.out != "-":  # before the model runs, not after; an existing file is replaced only if a demo wrote it
+        from edge_vlm.fileio import check_output_file, check_output_folder
 
         if Path(args.out).is_dir():
             raise EdgeVLMError(f"--out {args.out} is a folder: give the contact sheet's file name")
+        check_output_file(args.out, "contact sheet", _is_contact_sheet)
         check_output_folder(Path(args.out).parent, "folder of the contact sheet")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,11 +88,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_contact_sheet(path) -> bool:
+    from edge_vlm.fileio import png_text
+
+    return png_text(path).get("Software") == SOFTWARE
+
+
 def _contact_sheet(panels, out):
     """One column per picture: the picture, then each question and the model's answer (green right, red wrong)."""
     import io
 
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, PngImagePlugin
 
     from edge_vlm.fileio import atomic_write
 
@@ -107,5 +116,7 @@ def _contact_sheet(panels, out):
             draw.text((x + 6, y + line_h), f"-> {said}", fill=(20, 140, 40) if ok else (200, 30, 30))
             y += 2 * line_h
     image = io.BytesIO()
-    sheet.save(image, format="PNG")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", SOFTWARE)
+    sheet.save(image, format="PNG", pnginfo=info)
     return atomic_write(out, image.getvalue(), "contact sheet")

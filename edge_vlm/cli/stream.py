@@ -68,12 +68,13 @@ def _size(text: str):
 
 
 def _check_outputs(args) -> None:
-    """Fail before opening the source or loading the model when an output cannot be written."""
+    """Fail before opening the source or loading the model when an output cannot be written, or would replace a
+    file an earlier stream did not write."""
     from pathlib import Path
 
     from edge_vlm.errors import EdgeVLMError
-    from edge_vlm.fileio import check_output_folder
-    from edge_vlm.stream.sinks import VIDEO_CODECS
+    from edge_vlm.fileio import check_output_file, check_output_folder
+    from edge_vlm.stream.sinks import VIDEO_CODECS, is_answers_jsonl
 
     for flag, value, what in (("--jsonl", args.jsonl, "JSONL output"), ("--record", args.record, "recording"),
                               ("--out-bag", args.out_bag, "output bag")):
@@ -87,6 +88,13 @@ def _check_outputs(args) -> None:
         if flag == "--record" and path.suffix.lower() not in VIDEO_CODECS:
             raise EdgeVLMError(f"--record {path} must end in one of {', '.join(VIDEO_CODECS)} (H.264 writing is not "
                                "available in the OpenCV wheels)")
+        # OpenCV writes no metadata, so an earlier recording cannot be told from a user's video: only an empty
+        # file is replaced. The JSONL log is recognised by its first line.
+        if flag == "--record" and path.is_file() and path.stat().st_size > 0:
+            raise EdgeVLMError(f"{path} exists and a video is never replaced (edge-vlm cannot tell its own "
+                               "recordings from others'): choose another path or remove it first")
+        if flag != "--out-bag":
+            check_output_file(path, what, is_answers_jsonl if flag == "--jsonl" else None)
         check_output_folder(path.parent, f"folder of the {what}")  # proven writable; nothing created stays
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_vlm.errors import EdgeVLMError
-from edge_vlm.fileio import check_output_parent
+from edge_vlm.fileio import check_output_parent, first_json_line
 
 # fourcc per container: H.264 ('avc1') writing fails in the OpenCV 5 wheels (see docs/stack.md), so mp4 gets mp4v.
 VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}
@@ -24,6 +24,17 @@ def _check_parent(path: Path, what: str) -> None:
     if path.is_dir():
         raise EdgeVLMError(f"{what} {path} is a directory: give a file path")
     check_output_parent(path, what)
+
+
+# Keys every answer line starts with (StreamResult's first fields): a file whose first line has them is a log an
+# earlier run wrote, which a rerun may replace.
+_JSONL_KEYS = ("frame_seq", "prompt_index", "prompt", "text", "stamp_ns", "frame_age_ms")
+
+
+def is_answers_jsonl(path: Path) -> bool:
+    """A `--jsonl` log an earlier stream wrote: its first line is an answer record."""
+    record = first_json_line(path)
+    return record is not None and all(key in record for key in _JSONL_KEYS)
 
 
 class JsonlSink:
