@@ -96,15 +96,23 @@ def _list() -> int:
 def run(args: argparse.Namespace) -> int:
     if args.list:
         return _list()
-    from pathlib import Path
-
     from edge_vlm.eval.benchmarks.base import write_json_atomic, write_text_atomic
-    from edge_vlm.eval.compare import compare_sources
+    from edge_vlm.eval.compare import (
+        compare_sources,
+        comparison_files,
+        is_comparison_json,
+        is_comparison_markdown,
+    )
+    from edge_vlm.fileio import check_output_file
 
     pairs = _benchmark_pairs(args)
     if args.answers:
         return _score_file(args, pairs)
     sources = _sources(args)
+    if len(sources) > 1:  # the table's files: checked before any source is evaluated
+        for path, ours in zip(comparison_files(args.out, [name for name, _ in pairs]),
+                              (is_comparison_markdown, is_comparison_json)):
+            check_output_file(path, "comparison", ours)
     open_kwargs = {"device": args.device, "threads": args.threads,
                    "providers": args.providers.split(",") if args.providers else None}
     try:
@@ -125,11 +133,10 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  not scored offline: {_offline(name)}")
     table = _print_table(comparison)
     if len(sources) > 1:
-        root = Path(args.out)
-        stem = "compare-" + "-".join(name for name, _ in pairs)
-        write_text_atomic(root / f"{stem}.md", table + "\n")
-        write_json_atomic(root / f"{stem}.json", comparison.to_dict(), indent=2)
-        print(f"\ncomparison written to {root / stem}.md and .json")
+        markdown, data = comparison_files(args.out, [name for name, _ in pairs])
+        write_text_atomic(markdown, table + "\n")
+        write_json_atomic(data, comparison.to_dict(), indent=2)
+        print(f"\ncomparison written to {markdown} and {data.name}")
     print(json.dumps(comparison.to_dict()))
     return 0
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_vlm.errors import EdgeVLMError
-from edge_vlm.eval.runner import EvalResult, evaluate, resolve_aspect
-from edge_vlm.fileio import check_output_folder
+from edge_vlm.eval.runner import EvalResult, check_results_folder, evaluate, resolve_aspect
+from edge_vlm.fileio import json_object, read_head
 
 # metric leaves that are sizes, not scores: left out of the detailed table
 _COUNTS = {"count", "img_count", "images", "questions", "tp", "fp", "tn", "fn", "perception_tasks",
@@ -140,7 +140,7 @@ def compare_sources(sources, benchmarks: Sequence[tuple[str, str | Path]], out_r
     """Evaluate each edge_vlm.eval.engines.Source in turn (one engine in memory at a time). Every benchmark's files
     are read first, so a bad --data fails before any model is loaded."""
     from edge_vlm.eval.benchmarks import get_benchmark
-    from edge_vlm.eval.engines import open_engine
+    from edge_vlm.eval.engines import check_source, open_engine
 
     question_file = evaluate_kwargs.pop("question_file", None)
     image_folder = evaluate_kwargs.pop("image_folder", None)
@@ -152,10 +152,14 @@ def compare_sources(sources, benchmarks: Sequence[tuple[str, str | Path]], out_r
     for name, _ in benchmarks:
         resolve_aspect(get_benchmark(name), evaluate_kwargs.get("aspect", "auto"))
         for source in sources:
-            check_output_folder(Path(out_root) / source.label / name, "answers folder")
+            check_results_folder(Path(out_root) / source.label / name)
+    # Every source is checked before the first is evaluated: a damaged third bundle is refused now, not after
+    # hours of answers from the first two.
+    for source in sources:
+        check_source(source)
     comparison = Comparison([s.label for s in sources], [name for name, _ in benchmarks])
     for source in sources:
-        engine = open_engine(source, **(open_kwargs or {}))
+        engine = open_engine(source, **{"verify": "size", **(open_kwargs or {})})  # hashed by check_source
         try:
             for name, data in benchmarks:
                 result = evaluate(engine, name, data, out_dir=Path(out_root) / source.label / name,
@@ -166,6 +170,24 @@ def compare_sources(sources, benchmarks: Sequence[tuple[str, str | Path]], out_r
             del engine
             gc.collect()
     return comparison
+
+
+def comparison_files(out_root: str | Path, benchmarks: Sequence[str]) -> tuple[Path, Path]:
+    """Where `eval --compare` writes its table: OUT/compare-<benchmarks>.md and .json."""
+    stem = "compare-" + "-".join(benchmarks)
+    return Path(out_root) / f"{stem}.md", Path(out_root) / f"{stem}.json"
+
+
+def is_comparison_json(path: Path) -> bool:
+    """A compare-*.json an earlier `eval --compare` wrote (Comparison.to_dict)."""
+    data = json_object(path)
+    return data is not None and isinstance(data.get("reference"), str) and isinstance(data.get("benchmarks"), dict)
+
+
+def is_comparison_markdown(path: Path) -> bool:
+    """A compare-*.md an earlier `eval --compare` wrote: Comparison.markdown's headline table comes first."""
+    lines = read_head(path, 4096).decode("utf-8", errors="replace").splitlines()
+    return len(lines) >= 2 and lines[0].startswith("| source | ") and set(lines[1]) == {"|", "-"}
 
 
 def _pairs(benchmarks, data_dir) -> list[tuple[str, str | Path]]:

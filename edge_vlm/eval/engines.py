@@ -56,11 +56,25 @@ def make_sources(paths: list[str], kind: str | None = None) -> list[Source]:
     return sources
 
 
-def open_engine(source: Source, device: str | None = None, providers: list[str] | None = None,
-                threads: int | None = None):
-    """The Engine for `source`. Random-weight checkpoints are announced on stderr (their scores mean nothing)."""
+def check_source(source: Source) -> None:
+    """What opening `source` would refuse, found without loading a model: a bundle's manifest, its files' sizes and
+    sha256 and the manifest against its graphs; a checkpoint's config, whole weight files, tokenizer and metadata.
+    `eval --compare` runs it on every source before it evaluates the first."""
     if source.kind == "bundle":
-        return _open_bundle(source.path, providers, threads)
+        _runtime().Bundle.open(source.path, verify="hash")
+        return
+    from edge_vlm.model.checkpoint import check_checkpoint_dir, read_meta
+
+    check_checkpoint_dir(source.path)
+    read_meta(source.path)
+
+
+def open_engine(source: Source, device: str | None = None, providers: list[str] | None = None,
+                threads: int | None = None, verify: str = "hash"):
+    """The Engine for `source`. Random-weight checkpoints are announced on stderr (their scores mean nothing).
+    `verify`: a bundle's file check ('size' where check_source has just hashed them)."""
+    if source.kind == "bundle":
+        return _open_bundle(source.path, providers, threads, verify)
     from edge_vlm.model.checkpoint import check_checkpoint_dir, read_meta
 
     check_checkpoint_dir(source.path)
@@ -77,12 +91,16 @@ def open_engine(source: Source, device: str | None = None, providers: list[str] 
     return TorchEngine.from_checkpoint(source.path, device=device)
 
 
-def _open_bundle(path: Path, providers, threads):
+def _runtime():
     try:
-        from edge_vlm.runtime import BundleEngine
+        import edge_vlm.runtime as runtime
     except ImportError as exc:
         raise EdgeVLMError(
             f"--bundle needs the ONNX runtime (edge_vlm.runtime.BundleEngine), which is not available in this "
             f"installation ({exc}); evaluate the checkpoint with --model instead"
         ) from exc
-    return BundleEngine.from_bundle(path, providers=providers, threads=threads)
+    return runtime
+
+
+def _open_bundle(path: Path, providers, threads, verify: str = "hash"):
+    return _runtime().BundleEngine.from_bundle(path, providers=providers, threads=threads, verify=verify)

@@ -22,7 +22,7 @@ from edge_vlm.engine import GenerationConfig, answer
 from edge_vlm.errors import EdgeVLMError
 from edge_vlm.eval.benchmarks import Benchmark, Dataset, EvalItem, get_benchmark
 from edge_vlm.eval.benchmarks.base import answer_key, read_jsonl, write_json_atomic, write_text_atomic
-from edge_vlm.fileio import check_output_parent
+from edge_vlm.fileio import check_output_folder, check_output_parent, json_object
 from edge_vlm.imaging import ASPECT_MODES, ImageConfig
 
 ANSWERS = "answers.jsonl"
@@ -149,6 +149,28 @@ def resolve_aspect(benchmark: Benchmark, aspect: str) -> str | None:
     return None if aspect == "model" else aspect
 
 
+def is_results_folder(folder: Path) -> bool:
+    """OUT/<source>/<benchmark>/ as an earlier eval wrote it: its run.json or scores.json records the benchmark and
+    the source (the answers and files beside them are then ours to resume, replace or score again)."""
+    for name in (RUN_FILE, SCORES):
+        try:
+            record = json_object(folder / name) if (folder / name).is_file() else None
+        except OSError:
+            record = None
+        if record is not None and "benchmark" in record and "source" in record:
+            return True
+    return False
+
+
+def check_results_folder(folder: Path) -> None:
+    """Before any answer: the results folder can be written, and is absent, empty or ours (a user's folder that
+    happens to sit at OUT/<source>/<benchmark> is never written into)."""
+    check_output_folder(folder, "answers folder")
+    if folder.is_dir() and any(folder.iterdir()) and not is_results_folder(folder):
+        raise EdgeVLMError(f"{folder} exists and was not written by edge-vlm: choose another --out or remove it "
+                           "first")
+
+
 def _check_run(out_dir: Path, run: dict, overwrite: bool) -> None:
     """Refuse to mix answers of different models or settings in one answers file."""
     run_path = out_dir / RUN_FILE
@@ -193,6 +215,7 @@ def evaluate(engine, benchmark: str | Benchmark, data_dir, *, out_dir: str | Pat
 
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
+        check_results_folder(out)
         check_output_parent(out / ANSWERS, "answers file")
         run = {"benchmark": bench.name, "source": source or label, "question_file": str(dataset.question_file),
                "max_new_tokens": config.max_new_tokens, "aspect": wanted_aspect or "model"}
@@ -266,6 +289,8 @@ def score_answer_file(benchmark: str | Benchmark, data_dir, answers_file: str | 
     and write the submission files from it when `out_dir` is given. Answers are matched to questions by
     (question_id, prompt), else by question_id alone where that id is unique."""
     bench = get_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
+    if out_dir is not None:
+        check_results_folder(Path(out_dir))
     dataset = bench.load(data_dir, question_file, image_folder)
     items = dataset.items[:limit] if limit else dataset.items
     path = Path(answers_file)
