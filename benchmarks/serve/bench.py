@@ -29,6 +29,7 @@ import random
 import shlex
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -52,19 +53,40 @@ def pictures(count: int, seed: int) -> list[bytes]:
     return out
 
 
+MAX_TOKENS: int | None = None  # --max-tokens: sent with every request and used in-process alike
+
+
 def body(jpeg: bytes) -> bytes:
     url = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
-    return json.dumps({"messages": [{"role": "user", "content": [
-        {"type": "text", "text": QUESTION}, {"type": "image_url", "image_url": {"url": url}}]}]}).encode()
+    request = {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": QUESTION}, {"type": "image_url", "image_url": {"url": url}}]}]}
+    if MAX_TOKENS is not None:
+        request["max_tokens"] = MAX_TOKENS
+    return json.dumps(request).encode()
+
+
+def config():
+    from edge_vlm.engine import GenerationConfig
+
+    return GenerationConfig() if MAX_TOKENS is None else GenerationConfig(max_new_tokens=MAX_TOKENS)
 
 
 class Client:
-    """One keep-alive connection."""
+    """One keep-alive connection (opened again when the server closed it: uvicorn closes a connection idle for 5 s)."""
 
     def __init__(self, port: int):
+        self.port = port
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
 
     def ask(self, payload: bytes) -> tuple[float, dict]:
+        try:
+            return self._ask(payload)
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            self.connection.close()
+            self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+            return self._ask(payload)
+
+    def _ask(self, payload: bytes) -> tuple[float, dict]:
         start = time.perf_counter()
         self.connection.request("POST", "/v1/chat/completions", body=payload,
                                 headers={"Content-Type": "application/json"})
@@ -76,13 +98,12 @@ class Client:
         return elapsed, json.loads(data)
 
 
-def start_server(bundle: str, threads: int | None) -> tuple[subprocess.Popen, int, str]:
-    # a 64 MB prefix cache: the `new` workload sends hundreds of pictures, which fill it and are evicted as in service
+def start_server(bundle: str, threads: int | None, cache_mb: float, log) -> tuple[subprocess.Popen, int, str]:
+    """`edge-vlm serve` on a free port, its stderr to `log` (an open file); (process, port, command)."""
     command = [sys.executable, "-m", "edge_vlm.cli.main", "serve", "--bundle", bundle, "--port", "0",
-               "--image-cache-mb", "64"]
+               "--image-cache-mb", f"{cache_mb:g}"]
     if threads:
         command += ["--threads", str(threads)]
-    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"serve-bench-{os.getpid()}.log", "w+")  # noqa: SIM115
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -126,7 +147,7 @@ def overhead(engine, port: int, jpegs: list[bytes], rounds: int, per_round: int,
         for index in range(per_round):
             start = time.perf_counter()
             image_prepared = engine.prepare_image(decoded[index]) if new else prepared
-            answer(engine, image_prepared, QUESTION)
+            answer(engine, image_prepared, QUESTION, config=config())
             local.append((time.perf_counter() - start) * 1e3)
         for _ in range(per_round):
             served.append(client.ask(next(payloads) if new else cached)[0])
@@ -190,8 +211,17 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--rounds", type=int, default=10, help="alternating rounds of the overhead measurement")
     parser.add_argument("--threads", type=int, help="intra-op threads, in-process and in the server alike")
+    parser.add_argument("--max-tokens", type=int, help="answer length limit (random weights rarely end an answer: "
+                        "give one); default the server's, 128")
+    parser.add_argument("--workloads", default="cached,new", help="cached, new or both (default both)")
+    parser.add_argument("--image-cache-mb", type=float, default=256.0,
+                        help="the server's prefix cache (default 256: the new workload's hundreds of pictures fill "
+                             "it and are evicted, as in service; a full-size prefix takes ~500 MB, give 1024)")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
+    global MAX_TOKENS
+    MAX_TOKENS = args.max_tokens
+    workloads = args.workloads.split(",")
 
     from PIL import Image
 
@@ -203,29 +233,38 @@ def main() -> None:
     # every `new` request gets a picture of its own: the overhead rounds, then each concurrency level
     fresh = pictures(args.rounds * per_round + args.requests * len(levels), seed=1)
     cached = pictures(1, seed=2)
-    process, port, server_command = start_server(args.bundle, args.threads)
+    log = tempfile.TemporaryFile("w+")  # the server's stderr, shown if it fails to start
+    process, port, server_command = start_server(args.bundle, args.threads, args.image_cache_mb, log)
     results = {"label": args.label, "bundle": str(Path(args.bundle).resolve()),
                "random_weights": bool(engine.random_weights), "machine": machine(),
                "command": shlex.join([sys.executable, *sys.argv]), "server_command": server_command,
                "picture": "480x480 JPEG (synthetic scene), one question, non-streamed, greedy",
+               "max_tokens": MAX_TOKENS,
                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "overhead": {}, "concurrency": {}}
     try:
         warm = Client(port)
-        for jpeg in pictures(4, seed=3):  # warm both sides (first runs allocate)
+        for jpeg in pictures(1, seed=3):  # warm both sides (first runs allocate)
             warm.ask(body(jpeg))
             engine.prepare_image(Image.open(io.BytesIO(jpeg)))
         split = args.rounds * per_round
-        results["overhead"]["cached"] = overhead(engine, port, cached, args.rounds, per_round, new=False)
-        results["overhead"]["new"] = overhead(engine, port, fresh[:split], args.rounds, per_round, new=True)
-        results["concurrency"]["cached"] = [concurrent(port, [body(cached[0])], c, args.requests) for c in levels]
-        rows = []
-        for level, c in enumerate(levels):
-            start = split + level * args.requests
-            rows.append(concurrent(port, [body(j) for j in fresh[start:start + args.requests]], c, args.requests))
-        results["concurrency"]["new"] = rows
+        if "cached" in workloads:
+            results["overhead"]["cached"] = overhead(engine, port, cached, args.rounds, per_round, new=False)
+        if "new" in workloads:
+            results["overhead"]["new"] = overhead(engine, port, fresh[:split], args.rounds, per_round, new=True)
+        if "cached" in workloads:
+            results["concurrency"]["cached"] = [concurrent(port, [body(cached[0])], c, args.requests)
+                                                for c in levels]
+        if "new" in workloads:
+            rows = []
+            for level, c in enumerate(levels):
+                start = split + level * args.requests
+                rows.append(concurrent(port, [body(j) for j in fresh[start:start + args.requests]], c,
+                                       args.requests))
+            results["concurrency"]["new"] = rows
     finally:
         process.send_signal(2)
         process.wait(60)
+        log.close()
     results["machine"]["load_average_1m_end"] = os.getloadavg()[0]
     print(f"edge-vlm serve, {args.label} ({results['machine']['cpu']}, {results['machine']['cores']} cores, "
           f"load {results['machine']['load_average_1m']:.1f} -> {results['machine']['load_average_1m_end']:.1f})")

@@ -59,16 +59,24 @@ class ModelLock:
 
 class CountingTokenizer:
     """The engine's tokenizer, counting the answer's tokens. The Engine protocol streams text, but `usage` needs the
-    number of generated tokens: every engine turns its answer's ids into text with tokenizer.iter_text, whose decodes
-    see all the ids generated so far (EOS excluded), so the length of the last decode is that number."""
+    number of generated tokens: every engine turns its answer's ids into text with tokenizer.iter_text, which decodes
+    all the ids generated so far (EOS excluded) at each new one, so the length of the last decode is that number, and
+    the first decode is when the first token existed (the end of the prefill, even when the text of the first
+    tokens is held back as an incomplete character)."""
 
     def __init__(self, inner):
         self._inner = inner
+        self.reset()
+
+    def reset(self) -> None:
         self.decoded = 0
+        self.first_token_at: float | None = None
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         ids = list(ids)
         self.decoded = len(ids)
+        if ids and self.first_token_at is None:
+            self.first_token_at = time.monotonic()
         return self._inner.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def __getattr__(self, name):
@@ -339,15 +347,12 @@ class ModelWorker:
     def _generate(self, job: Job, prepared) -> tuple[str, str, dict]:
         """Stream the answer to job.deliver; (text, finish reason, timings)."""
         shaper = TextShaper(job.stop)
-        self.tokens.decoded = 0
+        self.tokens.reset()
         start = time.monotonic()
-        first = None
         stopped = False
         pieces = self.engine.stream(prepared, job.question, job.history, job.config)
         try:
             for piece in pieces:
-                if first is None:
-                    first = time.monotonic()
                 text, stopped = shaper.push(piece)
                 if text and job.stream:
                     job.deliver("delta", text)
@@ -361,7 +366,7 @@ class ModelWorker:
             if tail and job.stream:
                 job.deliver("delta", tail)
         end = time.monotonic()
-        first = first or end
+        first = self.tokens.first_token_at or end  # no token at all: EOS came first, the prefill was all
         finish = "stop" if stopped or self.tokens.decoded < job.max_new_tokens else "length"
         return shaper.text, finish, {"prefill_ms": (first - start) * 1e3, "decode_ms": (end - first) * 1e3}
 
