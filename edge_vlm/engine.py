@@ -22,6 +22,13 @@ from edge_vlm.prompting import IMAGE_PLACEHOLDER, PHI2_SYSTEM, inference_prompt
 
 # The prompt text shared by every first question about an image: cached once per image (see PreparedImage).
 IMAGE_PREFIX = f"{PHI2_SYSTEM} USER: {IMAGE_PLACEHOLDER}\n"
+# Seeds feed numpy's generator in the ONNX runtime's sampler, which takes 0 .. 2**32-1 (torch takes more): one range
+# for every backend, so a seed that works on one works on all.
+MAX_SEED = 2**32 - 1
+
+
+NON_FINITE_OUTPUT = ("the model's output holds NaN or infinity: its weights are damaged (or overflow in this "
+                     "precision); a bundle can be checked with `edge-vlm info BUNDLE`")
 
 
 @dataclass
@@ -41,6 +48,9 @@ class GenerationConfig:
             raise EdgeVLMError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise EdgeVLMError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed <= MAX_SEED):
+            raise EdgeVLMError(f"seed must be an integer from 0 to {MAX_SEED} (2**32-1), got {self.seed!r}")
 
     @property
     def greedy(self) -> bool:
@@ -125,7 +135,7 @@ class Chat:
 
 
 def check_question(question: str, what: str = "the question") -> str:
-    """A question must be non-empty UTF-8 text. Python decodes command-line arguments (and some stdin) with
+    """A question must be non-empty UTF-8 text without `<image>` (the template places the image). Python decodes command-line arguments (and some stdin) with
     'surrogateescape', so bytes that are not UTF-8 arrive as lone surrogates: refused here, naming the byte,
     before a tokenizer fails on them."""
     if not isinstance(question, str) or not question.strip():
@@ -136,6 +146,8 @@ def check_question(question: str, what: str = "the question") -> str:
         code = ord(question[exc.start])
         byte = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
         raise EdgeVLMError(f"{what} is not valid UTF-8 text ({byte} at character {exc.start + 1})") from None
+    if IMAGE_PLACEHOLDER in question:  # the template places the image; refused here, before a model loads
+        raise EdgeVLMError(f"{what} contains {IMAGE_PLACEHOLDER}; pass the image separately")
     return question
 
 

@@ -11,6 +11,7 @@ must not depend on transformers or torch.
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import stat
@@ -47,6 +48,21 @@ _FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"),
                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
+# The largest input side a model may declare (CLIP-L takes 336; high-resolution towers reach ~1500).
+MAX_MODEL_IMAGE_SIZE = 4096
+
+
+def _channel_values(name: str, values) -> tuple[float, float, float]:
+    """Three finite numbers, one per RGB channel."""
+    try:
+        numbers = tuple(float(x) for x in values)
+    except (TypeError, ValueError):
+        raise EdgeVLMError(f"image {name} must be 3 numbers (R, G, B), got {values!r}") from None
+    if len(numbers) != 3 or not all(math.isfinite(x) for x in numbers):
+        raise EdgeVLMError(f"image {name} must be 3 finite numbers (R, G, B), got {values!r}")
+    return numbers
+
+
 @dataclass
 class ImageConfig:
     """How images become pixel values. `aspect` 'pad': pad to a square with the mean colour first (stage 2,
@@ -58,18 +74,26 @@ class ImageConfig:
     std: tuple[float, ...] = field(default=CLIP_STD)
 
     def __post_init__(self):
+        # These settings come from files (a checkpoint's edge_vlm.json, a bundle's manifest): each is checked, so a
+        # damaged value is one clear error instead of NaN pixels, a division by zero or a huge allocation.
         if self.aspect not in ASPECT_MODES:
             raise EdgeVLMError(f"image aspect mode {self.aspect!r} is not one of {ASPECT_MODES}")
-        if self.image_size <= 0:
-            raise EdgeVLMError(f"image_size must be positive, got {self.image_size}")
-        self.mean = tuple(float(x) for x in self.mean)
-        self.std = tuple(float(x) for x in self.std)
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) \
+                or not 1 <= self.image_size <= MAX_MODEL_IMAGE_SIZE:
+            raise EdgeVLMError(f"image_size must be a whole number from 1 to {MAX_MODEL_IMAGE_SIZE}, "
+                               f"got {self.image_size!r}")
+        self.mean = _channel_values("mean", self.mean)
+        self.std = _channel_values("std", self.std)
+        if min(self.std) <= 0:
+            raise EdgeVLMError(f"image std must be positive for every channel, got {list(self.std)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> ImageConfig:
+        if not isinstance(data, dict):
+            raise EdgeVLMError(f"image settings must be a mapping, got {type(data).__name__}")
         known = {k: data[k] for k in ("image_size", "aspect", "mean", "std") if k in data}
         return cls(**known)
 

@@ -48,11 +48,23 @@ class CheckpointMeta:
 
     @classmethod
     def from_dict(cls, data: dict) -> CheckpointMeta:
+        from edge_vlm.prompting import TEMPLATES
+
+        if not isinstance(data, dict):
+            raise EdgeVLMError(f"must be a JSON object, got {type(data).__name__}")
+        if data.get("format", FORMAT) != FORMAT or data.get("version", FORMAT_VERSION) != FORMAT_VERSION:
+            raise EdgeVLMError(f"is format {data.get('format')!r} version {data.get('version')!r}; this edge-vlm "
+                               f"reads {FORMAT!r} version {FORMAT_VERSION}")
+        template = data.get("template", "phi-2_v0")
+        if template not in TEMPLATES:
+            raise EdgeVLMError(f"names the template {template!r}, which is not one of {sorted(TEMPLATES)}")
+        if not isinstance(data.get("random_weights", False), bool):
+            raise EdgeVLMError(f"random_weights must be true or false, got {data.get('random_weights')!r}")
         return cls(
-            template=data.get("template", "phi-2_v0"),
+            template=template,
             image=ImageConfig.from_dict(data.get("image", {})),
-            random_weights=bool(data.get("random_weights", False)),
-            source=data.get("source", ""),
+            random_weights=data.get("random_weights", False),
+            source=str(data.get("source", "")),
         )
 
 
@@ -172,10 +184,65 @@ def check_checkpoint_dir(directory: str | Path) -> Path:
     if not (path / "config.json").is_file():
         hint = " (it looks like a bundle: use --bundle)" if (path / "manifest.json").is_file() else ""
         raise EdgeVLMError(f"no config.json in {path}: not a model checkpoint directory{hint}")
+    check_model_config(path / "config.json")
     check_weight_files(path)
     if not (path / "tokenizer.json").is_file():
         raise EdgeVLMError(f"no tokenizer.json in {path}")
+    meta = read_meta(path)
+    if meta.image is not None and (path / META_FILE).is_file():
+        tower = json.loads((path / "config.json").read_text(encoding="utf-8"))["vision_config"]["image_size"]
+        if meta.image.image_size != tower:
+            raise EdgeVLMError(f"{path / META_FILE}: image_size {meta.image.image_size} differs from the vision "
+                               f"tower's {tower} in config.json")
     return path
+
+
+# (section, key, least value) of the shapes a checkpoint's config.json must give as whole numbers. The upper bound
+# keeps a damaged value from reaching an allocation (the largest real value, Phi-2's vocabulary, is 51,200).
+_CONFIG_SIZES = [(section, key, least) for section in ("text_config", "vision_config")
+                 for key, least in (("hidden_size", 1), ("intermediate_size", 1), ("num_hidden_layers", 1),
+                                    ("num_attention_heads", 1))] + [
+    ("text_config", "vocab_size", 1), ("text_config", "max_position_embeddings", 1),
+    ("vision_config", "image_size", 1), ("vision_config", "patch_size", 1)]
+_MAX_CONFIG_SIZE = 10_000_000
+
+
+def check_model_config(config_path: Path) -> dict:
+    """A checkpoint's config.json, read without transformers: a LLaVA config whose shapes are whole numbers in a sane
+    range, widths divisible by their head counts and finite rope settings. transformers itself would end a damaged
+    value in a traceback from deep inside the model (a division by zero, a strict-dataclass error) or an allocation."""
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise EdgeVLMError(f"cannot read {config_path}: {exc}") from exc
+    if not isinstance(config, dict):
+        raise EdgeVLMError(f"{config_path} must hold a JSON object, got {type(config).__name__}")
+    if config.get("model_type") != "llava":
+        hint = " (a released LLaVA-Phi checkpoint: run `edge-vlm convert` first)" \
+            if config.get("model_type") == "llava_phi" else ""
+        raise EdgeVLMError(f"{config_path}: model_type is {config.get('model_type')!r}, expected 'llava'{hint}")
+    for section in ("text_config", "vision_config"):
+        if not isinstance(config.get(section), dict):
+            raise EdgeVLMError(f"{config_path} has no {section} object")
+    for section, key, least in _CONFIG_SIZES:
+        value = config[section].get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= _MAX_CONFIG_SIZE:
+            raise EdgeVLMError(f"{config_path}: {section}.{key} is {value!r}, not a whole number from {least} to "
+                               f"{_MAX_CONFIG_SIZE:,}")
+    for section in ("text_config", "vision_config"):
+        width, heads = config[section]["hidden_size"], config[section]["num_attention_heads"]
+        if width % heads:
+            raise EdgeVLMError(f"{config_path}: {section}.hidden_size {width} is not divisible by its "
+                               f"{heads} attention heads")
+    text = config["text_config"]
+    rope = {**(text.get("rope_parameters") or {}), **{k: text[k] for k in ("rope_theta", "partial_rotary_factor")
+                                                      if k in text}}
+    theta, factor = rope.get("rope_theta", 10000.0), rope.get("partial_rotary_factor", 0.5)
+    if not (isinstance(theta, (int, float)) and 0 < theta < float("inf")):
+        raise EdgeVLMError(f"{config_path}: rope_theta is {theta!r}, not a positive finite number")
+    if not (isinstance(factor, (int, float)) and 0 < factor <= 1):
+        raise EdgeVLMError(f"{config_path}: partial_rotary_factor is {factor!r}, not in (0, 1]")
+    return config
 
 
 def is_checkpoint_dir(path: Path) -> bool:
@@ -191,7 +258,9 @@ def read_meta(directory: str | Path) -> CheckpointMeta:
     if not meta_path.is_file():
         return CheckpointMeta()
     try:
-        return CheckpointMeta.from_dict(json.loads(meta_path.read_text()))
+        return CheckpointMeta.from_dict(json.loads(meta_path.read_text(encoding="utf-8")))
+    except EdgeVLMError as exc:
+        raise EdgeVLMError(f"{meta_path}: {exc}") from exc
     except (ValueError, TypeError, AttributeError) as exc:
         raise EdgeVLMError(f"cannot read {meta_path}: {exc}") from exc
 

@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from transformers.generation.logits_process import LogitsProcessor, LogitsProcessorList
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from edge_vlm.engine import IMAGE_PREFIX, GenerationConfig, PreparedImage, prompt_ids
+from edge_vlm.engine import IMAGE_PREFIX, NON_FINITE_OUTPUT, GenerationConfig, PreparedImage, prompt_ids
+from edge_vlm.errors import EdgeVLMError
 from edge_vlm.image_tokens import TokenSelection
 from edge_vlm.imaging import ImageConfig, ImageInput, preprocess
 from edge_vlm.tokenizer import TextTokenizer, iter_text
@@ -47,6 +49,16 @@ class _StopWhenSet(StoppingCriteria):
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class _RefuseNonFinite(LogitsProcessor):
+    """Stops `generate` when the model's scores hold NaN or infinity: damaged weights (or a dtype that overflows)
+    would otherwise answer with whatever token the argmax of garbage picks, and look fine."""
+
+    def __call__(self, input_ids, scores):
+        if not torch.isfinite(scores).all():
+            raise EdgeVLMError(NON_FINITE_OUTPUT)
+        return scores
 
 
 class TorchEngine:
@@ -130,6 +142,7 @@ class TorchEngine:
         errors: list[BaseException] = []
         stop = threading.Event()
         generate_kwargs["stopping_criteria"] = StoppingCriteriaList([_StopWhenSet(stop)])
+        generate_kwargs["logits_processor"] = LogitsProcessorList([_RefuseNonFinite()])
 
         def work():
             try:

@@ -138,6 +138,15 @@ def check_manifest(directory: str | Path, manifest: dict) -> None:
         if model[key] >= model["vocab_size"]:
             raise EdgeVLMError(f"{manifest_path}: model.{key} {model[key]} is outside the vocabulary of "
                                f"{model['vocab_size']}: {_DAMAGED}")
+    from edge_vlm.prompting import TEMPLATES
+
+    if model.get("template", "phi-2_v0") not in TEMPLATES:
+        raise EdgeVLMError(f"{manifest_path}: model.template {model.get('template')!r} is not one of "
+                           f"{sorted(TEMPLATES)}: {_DAMAGED}")
+    try:
+        ImageConfig.from_dict(manifest.get("image", {}))
+    except EdgeVLMError as exc:
+        raise EdgeVLMError(f"{manifest_path}: {exc}: {_DAMAGED}") from None
     image_tokens(manifest_path, manifest)
     _check_tensorrt(manifest_path, manifest.get("tensorrt"))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_vlm.engine import IMAGE_PREFIX, GenerationConfig, PreparedImage, prompt_ids
+from edge_vlm.engine import IMAGE_PREFIX, NON_FINITE_OUTPUT, GenerationConfig, PreparedImage, prompt_ids
 from edge_vlm.errors import EdgeVLMError
 from edge_vlm.imaging import ImageInput, preprocess
 from edge_vlm.runtime import providers as eps
@@ -140,6 +140,8 @@ class BundleEngine:
         start = time.perf_counter()
         produced = 0
         for _ in range(max_new_tokens):
+            if not np.isfinite(logits).all():  # damaged weights answer garbage that looks like an answer
+                raise EdgeVLMError(NON_FINITE_OUTPUT)
             token = sampler(logits)
             produced += 1
             if token == self.eos_token_id:
