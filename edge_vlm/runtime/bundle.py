@@ -260,6 +260,10 @@ def check_contents(directory: str | Path, manifest: dict) -> None:
     if positions is not None and model["context_length"] > positions:
         raise EdgeVLMError(f"{manifest_path}: model.context_length {model['context_length']} is more than the decoder "
                            f"{decoder_path} can run (its rotary tables hold {positions} positions): {_DAMAGED}")
+    layers = sum(1 for value in decoder.graph.input if re.fullmatch(r"past_key_values\.\d+\.key", value.name))
+    if layers and layers != model["num_layers"]:
+        raise EdgeVLMError(f"{manifest_path}: model.num_layers {model['num_layers']} differs from the {layers} layers "
+                           f"of {decoder_path}: {_DAMAGED}")
     vision_path = root / manifest["roles"]["vision"]
     vision = _read_graph(vision_path, "vision model")
     found = "fp16" if any(t.data_type == _FLOAT16 for t in vision.graph.initializer) else "fp32"

@@ -122,6 +122,7 @@ MANIFEST_DAMAGE = {
     "mean NaN": (lambda m: m["image"].__setitem__("mean", [float("nan")] * 3), "mean"),
     "image size 100000": (lambda m: m["image"].__setitem__("image_size", 100_000), "image_size"),
     "unknown template": (lambda m: m["model"].__setitem__("template", "chatml"), "template"),
+    "more layers than the graph": (lambda m: m["model"].__setitem__("num_layers", 32), "num_layers"),
 }
 
 
