@@ -135,9 +135,9 @@ class Chat:
 
 
 def check_question(question: str, what: str = "the question") -> str:
-    """A question must be non-empty UTF-8 text without `<image>` (the template places the image). Python decodes command-line arguments (and some stdin) with
-    'surrogateescape', so bytes that are not UTF-8 arrive as lone surrogates: refused here, naming the byte,
-    before a tokenizer fails on them."""
+    """A question must be non-empty UTF-8 text without `<image>` (the template places the image). Python decodes
+    command-line arguments (and some stdin) with 'surrogateescape', so bytes that are not UTF-8 arrive as lone
+    surrogates: refused here, naming the byte, before a tokenizer fails on them."""
     if not isinstance(question, str) or not question.strip():
         raise EdgeVLMError(f"{what} is empty")
     try:

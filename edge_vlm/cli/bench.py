@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from edge_vlm.cli.args import folder, thread_count
+
 HELP = ("measure latency per stage, memory and the bandwidth roofline of backends; "
         "`bench compare A.json B.json`, `bench render A.json`")
 
@@ -25,8 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compare two reports written with --json (prints B/A ratios), or print the table of "
                              "one and write its --markdown / --plot again")
     source = parser.add_argument_group("what to measure")
-    source.add_argument("--model", help="checkpoint directory (torch backends)")
-    source.add_argument("--bundle", dest="bundles", action="append",
+    source.add_argument("--model", type=folder, help="checkpoint directory (torch backends)")
+    source.add_argument("--bundle", dest="bundles", action="append", type=folder,
                         help="bundle directory (onnxruntime backends); repeat for several precisions")
     source.add_argument("--preset", help="build this preset in memory (torch backends), e.g. llava-phi-2")
     source.add_argument("--random-weights", action="store_true", default=None,
@@ -40,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     work.add_argument("--new-tokens", type=int, help="decode steps per query; EOS is ignored (64)")
     work.add_argument("--runs", type=int, help="measured queries per backend; medians are reported (3)")
     work.add_argument("--warmup", type=int, help="unmeasured queries first (1)")
-    work.add_argument("--threads", type=int, help="intra-op threads for torch / onnxruntime and the bandwidth test")
+    work.add_argument("--threads", type=thread_count,
+                      help="intra-op threads for torch / onnxruntime and the bandwidth test, 1 to 4x the CPU cores")
     work.add_argument("--device", choices=["cpu", "cuda"], help="cpu (default) or cuda")
     work.add_argument("--image", help="an image file (default: a synthetic 640x480 picture)")
     work.add_argument("--verify", choices=["hash", "size", "none"], help="bundle file check at load (size)")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from edge_vlm.cli.args import folder, seed, thread_count
+
 HELP = "show the built-in model answering questions about a few new synthetic pictures"
 
 SOFTWARE = "edge-vlm demo"  # the contact sheet's PNG Software text chunk: how a rerun knows the file is ours
@@ -17,13 +19,14 @@ MAX_PICTURES = 100  # the contact sheet is one row of 300 px columns: 100 of the
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="a checkpoint dir (default: the built-in model)")
+    parser.add_argument("--model", default=None, type=folder, help="a checkpoint dir (default: the built-in model)")
     parser.add_argument("--n", type=int, default=4, help=f"pictures to draw, 1 to {MAX_PICTURES} (default 4)")
-    parser.add_argument("--seed", type=int, default=2024, help="which pictures and questions (default 2024)")
+    parser.add_argument("--seed", type=seed, default=2024,
+                        help="which pictures and questions, 0 to 2**32-1 (default 2024)")
     parser.add_argument("--out", default="edge-vlm-demo.png",
                         help="contact sheet PNG (default edge-vlm-demo.png; an existing file is replaced only if a "
                              "demo wrote it); '-' to skip")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads, 1 to 4x the cores")
 
 
 def run(args: argparse.Namespace) -> int:

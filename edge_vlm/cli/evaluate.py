@@ -6,15 +6,17 @@ import argparse
 import json
 import sys
 
+from edge_vlm.cli.args import folder, providers, thread_count
+
 HELP = "evaluate on the paper's benchmarks (sqa, pope, mme, vqav2, gqa, textvqa, vizwiz, mmbench, mmvet, synth)"
 BENCHMARK_NAMES = ("sqa", "pope", "mme", "vqav2", "gqa", "textvqa", "vizwiz", "mmbench", "mmvet", "synth")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", metavar="DIR", help="checkpoint directory (PyTorch)")
-    source.add_argument("--bundle", metavar="DIR", help="exported bundle directory (ONNX Runtime)")
-    source.add_argument("--compare", nargs="+", metavar="SRC",
+    source.add_argument("--model", metavar="DIR", type=folder, help="checkpoint directory (PyTorch)")
+    source.add_argument("--bundle", metavar="DIR", type=folder, help="exported bundle directory (ONNX Runtime)")
+    source.add_argument("--compare", nargs="+", metavar="SRC", type=folder,
                         help="several checkpoints and/or bundles (kind detected); deltas are against the first")
     source.add_argument("--answers", metavar="FILE",
                         help="no model: score an existing LLaVA-format answers .jsonl and write its submission files")
@@ -36,9 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="discard earlier answers in the output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--list", action="store_true", help="list the benchmarks, their files and what is scored")
-    parser.add_argument("--device", default=None, help="torch device for checkpoints, e.g. cuda")
-    parser.add_argument("--providers", help="bundles: comma-separated ONNX Runtime execution providers")
-    parser.add_argument("--threads", type=int, default=None, help="bundles: intra-op threads")
+    parser.add_argument("--device", default=None, help="torch device for checkpoints, e.g. cpu, cuda, cuda:0")
+    parser.add_argument("--providers", type=providers,
+                        help="bundles: comma-separated ONNX Runtime execution providers (tensorrt, cuda, cpu)")
+    parser.add_argument("--threads", type=thread_count, default=None,
+                        help="bundles: intra-op threads, 1 to 4x the CPU cores")
 
 
 def _benchmark_pairs(args) -> list[tuple[str, str]]:
@@ -55,11 +59,25 @@ def _benchmark_pairs(args) -> list[tuple[str, str]]:
         raise EdgeVLMError(f"{len(names)} --benchmark but {len(dirs)} --data: give one --data, or one per benchmark")
     if len(names) > 1 and (args.question_file or args.image_folder):
         raise EdgeVLMError("--question-file / --image-folder apply to a single --benchmark")
-    for flag, value in (("--limit", args.limit), ("--max-new-tokens", args.max_new_tokens),
-                        ("--threads", args.threads)):
+    for flag, value in (("--limit", args.limit), ("--max-new-tokens", args.max_new_tokens)):
         if value is not None and value < 1:
             raise EdgeVLMError(f"{flag} must be >= 1, got {value}")
     return list(zip(names, dirs))
+
+
+def _check_backend_flags(args) -> None:
+    """--device is for checkpoints, --providers for bundles: one given to the other is refused, not ignored; the
+    device is checked against this machine before the first model loads."""
+    from edge_vlm.cli.args import check_device
+    from edge_vlm.errors import EdgeVLMError
+
+    if args.bundle is not None and args.device is not None:
+        raise EdgeVLMError(f"--device {args.device} applies to checkpoints only; bundles choose providers with "
+                           "--providers")
+    if args.providers is not None and args.bundle is None and not args.compare:
+        raise EdgeVLMError("--providers applies to bundles only; a checkpoint runs on --device")
+    if args.bundle is None:
+        check_device(args.device)
 
 
 def _sources(args):
@@ -108,13 +126,13 @@ def run(args: argparse.Namespace) -> int:
     pairs = _benchmark_pairs(args)
     if args.answers:
         return _score_file(args, pairs)
+    _check_backend_flags(args)
     sources = _sources(args)
     if len(sources) > 1:  # the table's files: checked before any source is evaluated
         for path, ours in zip(comparison_files(args.out, [name for name, _ in pairs]),
                               (is_comparison_markdown, is_comparison_json)):
             check_output_file(path, "comparison", ours)
-    open_kwargs = {"device": args.device, "threads": args.threads,
-                   "providers": args.providers.split(",") if args.providers else None}
+    open_kwargs = {"device": args.device, "threads": args.threads, "providers": args.providers}
     try:
         comparison = compare_sources(
             sources, pairs, args.out, open_kwargs=open_kwargs, limit=args.limit,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from edge_vlm.cli.args import folder, providers, thread_count
+
 HELP = "export a checkpoint to a bundle (ONNX + INT8/INT4 + TensorRT) that runs without PyTorch, validated"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="checkpoint directory")
-    parser.add_argument("--out", required=True, help="bundle directory to write")
+    parser.add_argument("--model", required=True, type=folder, help="checkpoint directory")
+    parser.add_argument("--out", required=True, type=folder, help="bundle directory to write")
     precision = parser.add_mutually_exclusive_group()
     precision.add_argument("--precision", choices=["fp32", "fp16", "int8", "int4"],
                            help="decoder precision (default: the target's: cpu int4, cuda fp16, jetson int4)")
@@ -51,8 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="replace an earlier bundle at --out (or an empty folder); any other folder or file is "
                              "refused, never deleted")
-    parser.add_argument("--providers", help="execution providers for the gate's run of the bundle, e.g. cuda,cpu")
-    parser.add_argument("--threads", type=int, help="intra-op threads for the gate's run of the bundle")
+    parser.add_argument("--providers", type=providers,
+                        help="execution providers for the gate's run of the bundle, e.g. cuda,cpu")
+    parser.add_argument("--threads", type=thread_count,
+                        help="intra-op threads for the gate's run of the bundle, 1 to 4x the CPU cores")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         calibration_samples=args.calibration_samples, quant_method=args.quant_method, block_size=args.block_size,
         symmetric=args.symmetric, val=Path(args.val) if args.val else None, val_samples=args.val_samples,
         val_max_new_tokens=args.val_max_new_tokens, allow_degraded=args.allow_degraded, force=args.force,
-        providers=args.providers.split(",") if args.providers else None, threads=args.threads,
+        providers=args.providers, threads=args.threads,
         image_tokens=args.image_tokens, contextual_tokens=args.contextual_tokens,
         max_token_accuracy_drop=args.max_token_accuracy_drop,
     )

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from edge_vlm.cli.args import folder, seed, thread_count
+
 HELP = "answer prompts about a live frame source (camera, video, RTSP, folder, synthetic, rosbag2), newest frame first"
 
 # Bounds of the synthetic scene's --size, checked before anything is drawn: one 8192x8192 RGB frame is 200 MB.
@@ -19,8 +21,8 @@ SOURCE_HELP = ("0 | camera:N | video:FILE | FILE.mp4 | rtsp://... | http://... |
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument("--bundle", metavar="DIR", help="an exported bundle (ONNX runtime, no torch)")
-    model.add_argument("--model", metavar="DIR", help="a checkpoint directory (PyTorch)")
+    model.add_argument("--bundle", metavar="DIR", type=folder, help="an exported bundle (ONNX runtime, no torch)")
+    model.add_argument("--model", metavar="DIR", type=folder, help="a checkpoint directory (PyTorch)")
     parser.add_argument("--source", required=True, metavar="S", help=SOURCE_HELP)
     parser.add_argument("--prompt", action="append", required=True, metavar="P",
                         help="a question asked about every answered frame (repeat for several; they share the "
@@ -47,11 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default 32)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--threads", type=int, help="CPU threads for inference")
+    parser.add_argument("--seed", type=seed, help="0 to 2**32-1: the same seed, the same answers")
+    parser.add_argument("--threads", type=thread_count, help="CPU threads for inference, 1 to 4x the cores")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                         help="--model only: load the checkpoint in this dtype (default: as saved)")
-    parser.add_argument("--device", help="--model only: torch device, e.g. cuda (default: cpu)")
+    parser.add_argument("--device", help="--model only: torch device, e.g. cpu, cuda, cuda:0 (default: cpu)")
     parser.add_argument("--quiet", action="store_true", help="print only the final summary line")
 
 
@@ -136,6 +138,10 @@ def run(args) -> int:
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                   top_p=args.top_p, seed=args.seed)
     _check_text_arguments(args)
+    if args.model is not None:
+        from edge_vlm.cli.args import check_device
+
+        check_device(args.device)  # a bundle with --device is refused by load_engine
     size = _size(args.size)
     _check_outputs(args)
     source = open_source(args.source, topic=args.topic, fps=args.fps, size=size, playback=args.playback,

@@ -81,13 +81,10 @@ def open_engine(source: Source, device: str | None = None, providers: list[str] 
     meta = read_meta(source.path)
     if meta.random_weights:
         print(f"note: {source.path} has RANDOM weights ({meta.source}); its scores are meaningless.", file=sys.stderr)
+    from edge_vlm.cli.args import check_device
     from edge_vlm.model.engine import TorchEngine
 
-    if device and device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise EdgeVLMError("--device cuda was given but torch sees no CUDA GPU")
+    check_device(device)
     return TorchEngine.from_checkpoint(source.path, device=device)
 
 

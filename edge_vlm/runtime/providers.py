@@ -35,7 +35,7 @@ def normalize(names: list[str] | str) -> list[str]:
         if _ALIASES[key] not in out:
             out.append(_ALIASES[key])
     if not out:
-        raise EdgeVLMError("the list of execution providers is empty: give e.g. 'cuda,cpu' or 'cpu'")
+        raise EdgeVLMError("the list of execution providers is empty: choose from tensorrt, cuda, cpu (e.g. 'cuda,cpu')")
     return out
 
 
