@@ -125,7 +125,36 @@ def prepare(settings: BenchSettings, prompt_source: str | None = "prompt_tokens"
         manifest = bundle_manifest(directory)
         verify_files(directory, manifest, "none" if settings.verify == "none" else "size")  # the hash: in the worker
         check_contents(directory, manifest)
+    _check_image_tokens(settings, bundles)
     return fit_prompt(settings, _contexts(settings, bundles), prompt_source, log), bundles
+
+
+def _check_image_tokens(settings: BenchSettings, bundles: dict[str, str]) -> None:
+    """An image-token setting (edge_vlm.image_tokens) possible for the torch backends' model, and the one each
+    bundle was exported with: a bundle's K is in its graph, and timing another K under the asked-for name would
+    mislabel the numbers."""
+    from edge_vlm.image_tokens import checkpoint_patch_tokens, choose
+    from edge_vlm.runtime.bundle import MANIFEST_FILE, image_tokens
+
+    asked, contextual = settings.image_tokens, settings.contextual_tokens
+    if asked is None and contextual is None:
+        return
+    if any(s.family == "torch" for s in settings.specs):
+        if settings.model:
+            patches = checkpoint_patch_tokens(settings.model)
+        else:
+            from edge_vlm.model.presets import get_preset, num_image_tokens
+
+            patches = num_image_tokens(get_preset(settings.preset)["vision"])
+        if patches is not None:  # else the worker's load says what is wrong with the checkpoint
+            choose(asked, contextual, patches)
+    for directory in bundles.values():
+        k, n, selection = image_tokens(Path(directory) / MANIFEST_FILE, bundle_manifest(directory))
+        kept = selection.contextual if selection else 0
+        if asked not in (None, k) or contextual not in (None, kept):
+            raise EdgeVLMError(f"image_tokens {asked if asked is not None else k} ({contextual or 0} contextual) was "
+                               f"asked for, but the bundle {directory} gives {k} of {n} ({kept} contextual), fixed "
+                               "at export: export it with that setting, or leave the setting out")
 
 
 def _contexts(settings: BenchSettings, bundles: dict[str, str]) -> dict[str, int]:

@@ -47,7 +47,9 @@ class LlavaPhiForConditionalGeneration(LlavaForConditionalGeneration):
         return self.patch_tokens if self.token_selection is None else self.token_selection.image_tokens
 
     def set_token_selection(self, selection: TokenSelection | None) -> None:
-        """Give the language model K of the N patch tokens (edge_vlm.image_tokens); None restores all N."""
+        """Give the language model K of the N patch tokens (edge_vlm.image_tokens); None restores all N. Applies to
+        vision_features / image_features, which the engines, the export and bench use; transformers' own
+        forward(pixel_values=...) (training) still splices all N."""
         if selection is not None and selection.image_tokens >= self.patch_tokens:
             raise EdgeVLMError(f"a selection of {selection.image_tokens} image tokens needs fewer than the model's "
                                f"{self.patch_tokens}")

@@ -150,3 +150,18 @@ def test_ask_says_nothing_at_every_token(refused, exportable_tiny, picture):  # 
                           "--max-new-tokens", "2", "What colour?")
     assert outcome.code == 0, outcome.stderr
     assert "note: the image is given to the model as 5 of its 16 tokens (cls-attention: 5 dominant)" in outcome.stderr
+
+
+@pytest.mark.parametrize("lines,backends,match", [
+    ("image_tokens: 17", "torch-fp32", "--image-tokens 17 is not possible: the model has 16 image tokens"),
+    ("image_tokens: 0", "torch-fp32", "image-tokens must be a whole number from 1"),
+    ("image_tokens: 8\ncontextual_tokens: 8", "torch-fp32", "contextual tokens 8 must be a whole number from 0 to 7"),
+    ("image_tokens: 8", "ort-fp32", "image_tokens 8 (0 contextual) was asked for, but the bundle"),
+    ("image_tokens: 6\ncontextual_tokens: 0", "ort-fp32", "gives 6 of 16 (2 contextual), fixed at export"),
+])
+def test_bench_refuses_a_token_setting_it_cannot_run(refused, reduced, exportable_tiny, tmp_path, lines, backends,  # noqa: F811
+                                                     match):
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text(f"settings:\n  {lines.replace(chr(10), chr(10) + '  ')}\n")
+    refused("bench", "--scenario", scenario, "--model", exportable_tiny, "--bundle", reduced, "--backend", backends,
+            "--runs", "1", "--warmup", "0", "--quiet", match=match, watch=[reduced, exportable_tiny])
