@@ -11,9 +11,12 @@ Workloads (each request asks one question about a 480x480 JPEG, non-streamed, gr
 The in-process baseline is the same engine in this process: `answer(engine, prepared, q)` (cached) or
 `prepare_image(picture)` + `answer` (new; the picture already decoded). The server runs as `edge-vlm serve --bundle B`
 in its own process; clients are threads with one keep-alive HTTP connection each (http.client: the lightest client,
-so that the client's own cost stays small), requests pre-encoded before the clock starts. Overhead = p50 latency of
-one client against the server - p50 of the in-process call, measured in alternating rounds so that load from other
-jobs on a shared machine hits both alike. Prints a table and ends with one line of JSON.
+so that the client's own cost stays small), requests pre-encoded before the clock starts.
+
+Overhead, two ways: paired = each request's latency (one client) minus the time the server spent in the model on
+that same request (`edge_vlm.timings_ms`: total - queue), so the load of other jobs on a shared machine cancels
+out; unpaired = p50 latency against the server - p50 of the in-process call, in alternating rounds (skipped with
+--no-in-process, which spares a second copy of the model). Prints a table and ends with one line of JSON.
 """
 
 from __future__ import annotations
@@ -130,36 +133,75 @@ def percentiles(values: list[float]) -> dict:
             "mean_ms": float(array.mean()), "n": int(array.size)}
 
 
-def overhead(engine, port: int, jpegs: list[bytes], rounds: int, per_round: int, new: bool) -> dict:
-    """Alternating rounds: in-process calls, then the same work through the server by one client. `new`: every
-    server request sends a picture it has not seen (len(jpegs) >= rounds * per_round); `jpegs[0]` otherwise."""
+def model_ms(reply: dict) -> float:
+    """The time the request spent with the model, as the server measured it (its job's total minus the queue wait):
+    the same engine calls an in-process caller makes."""
+    timings = reply["edge_vlm"]["timings_ms"]
+    return timings["total_ms"] - timings["queue_ms"]
+
+
+def cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system, all threads) of a process so far: this one when `pid` is None."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def overhead(engine, port: int, jpegs: list[bytes], rounds: int, per_round: int, new: bool,
+             server_pid: int) -> dict:
+    """The serving's cost, two ways. Paired: for each request of one client, its latency minus the time the server
+    spent in the model on it (robust to other jobs' load: both come from the same request). Unpaired (when `engine`
+    is given): alternating rounds of in-process calls and server requests, p50 against p50; and in CPU time per
+    request (the server process's against this process's during its in-process calls), which waiting for a core on
+    a busy machine does not inflate. `new`: every server request sends a picture it has not seen (len(jpegs) >=
+    rounds * per_round); `jpegs[0]` otherwise."""
     from PIL import Image
 
     from edge_vlm.engine import answer
 
     client = Client(port)
-    local, served = [], []
-    decoded = [Image.open(io.BytesIO(j)).convert("RGB") for j in jpegs[:per_round]]
-    prepared = engine.prepare_image(decoded[0])
+    local, served, paired, spent = [], [], [], []
+    local_cpu = served_cpu = 0.0
+    decoded = [Image.open(io.BytesIO(j)).convert("RGB") for j in jpegs[:per_round]] if engine else []
+    prepared = engine.prepare_image(decoded[0]) if engine and not new else None
     payloads = iter([body(j) for j in jpegs]) if new else None
     cached = body(jpegs[0])
+    if not new:
+        client.ask(cached)  # the server prepares the picture once; the requests measured reuse it
     for _ in range(rounds):
-        for index in range(per_round):
+        before = cpu_s()
+        for index in range(per_round if engine else 0):
             start = time.perf_counter()
             image_prepared = engine.prepare_image(decoded[index]) if new else prepared
             answer(engine, image_prepared, QUESTION, config=config())
             local.append((time.perf_counter() - start) * 1e3)
+        local_cpu += cpu_s() - before
+        before = cpu_s(server_pid)
         for _ in range(per_round):
-            served.append(client.ask(next(payloads) if new else cached)[0])
-    result = {"in_process": percentiles(local), "server": percentiles(served)}
-    result["overhead_ms_p50"] = result["server"]["p50_ms"] - result["in_process"]["p50_ms"]
-    result["overhead_pct_p50"] = 100 * result["overhead_ms_p50"] / result["in_process"]["p50_ms"]
+            elapsed, reply = client.ask(next(payloads) if new else cached)
+            served.append(elapsed)
+            spent.append(model_ms(reply))
+            paired.append(elapsed - spent[-1])
+        served_cpu += cpu_s(server_pid) - before
+    result = {"server": percentiles(served), "model_in_server": percentiles(spent), "paired": percentiles(paired)}
+    result["paired_overhead_ms_p50"] = result["paired"]["p50_ms"]
+    result["paired_overhead_pct_p50"] = 100 * result["paired"]["p50_ms"] / result["model_in_server"]["p50_ms"]
+    result["server_cpu_ms_per_request"] = 1e3 * served_cpu / len(served)
+    if engine:
+        result["in_process_cpu_ms_per_call"] = 1e3 * local_cpu / len(local)
+        result["cpu_overhead_ms"] = result["server_cpu_ms_per_request"] - result["in_process_cpu_ms_per_call"]
+        result["in_process"] = percentiles(local)
+        result["overhead_ms_p50"] = result["server"]["p50_ms"] - result["in_process"]["p50_ms"]
+        result["overhead_pct_p50"] = 100 * result["overhead_ms_p50"] / result["in_process"]["p50_ms"]
     return result
 
 
 def concurrent(port: int, payloads: list[bytes], clients: int, total: int) -> dict:
-    """`clients` threads sharing `total` requests: requests/s and latency percentiles."""
+    """`clients` threads sharing `total` requests: requests/s, latency percentiles, and the time each request spent
+    outside its job in the server (HTTP, JSON, picture bytes; not the queue wait)."""
     latencies: list[float] = []
+    outside: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
     counter = iter(range(total))
@@ -172,13 +214,15 @@ def concurrent(port: int, payloads: list[bytes], clients: int, total: int) -> di
             if index is None:
                 return
             try:
-                elapsed, _ = client.ask(payloads[index % len(payloads)])
+                elapsed, reply = client.ask(payloads[index % len(payloads)])
             except Exception as exc:  # counted and shown: a benchmark with errors is not a clean one
                 with lock:
-                    errors.append(str(exc))
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                client = Client(port)  # the connection's state is unknown after a failure
                 continue
             with lock:
                 latencies.append(elapsed)
+                outside.append(elapsed - reply["edge_vlm"]["timings_ms"]["total_ms"])
 
     threads = [threading.Thread(target=work) for _ in range(clients)]
     start = time.perf_counter()
@@ -187,8 +231,17 @@ def concurrent(port: int, payloads: list[bytes], clients: int, total: int) -> di
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - start
-    return {"clients": clients, "requests": len(latencies), "errors": len(errors), "error_examples": errors[:3],
-            "requests_per_s": len(latencies) / wall, **percentiles(latencies)}
+    row = {"clients": clients, "requests": len(latencies), "errors": len(errors), "error_examples": errors[:3],
+           "requests_per_s": len(latencies) / wall}
+    if latencies:
+        row.update(percentiles(latencies), outside_job_ms_p50=float(np.percentile(outside, 50)))
+    return row
+
+
+def _random_weights(bundle: str) -> bool:
+    from edge_vlm.runtime.bundle import read_manifest
+
+    return bool(read_manifest(bundle).get("source", {}).get("random_weights"))
 
 
 def machine() -> dict:
@@ -214,6 +267,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, help="answer length limit (random weights rarely end an answer: "
                         "give one); default the server's, 128")
     parser.add_argument("--workloads", default="cached,new", help="cached, new or both (default both)")
+    parser.add_argument("--no-in-process", action="store_true",
+                        help="skip the in-process baseline (it loads a second copy of the model: 4.5 GB at full "
+                             "size); the paired overhead needs none")
     parser.add_argument("--image-cache-mb", type=float, default=256.0,
                         help="the server's prefix cache (default 256: the new workload's hundreds of pictures fill "
                              "it and are evicted, as in service; a full-size prefix takes ~500 MB, give 1024)")
@@ -225,9 +281,10 @@ def main() -> None:
 
     from PIL import Image
 
+    from edge_vlm.engine import answer
     from edge_vlm.runtime import BundleEngine
 
-    engine = BundleEngine.from_bundle(args.bundle, threads=args.threads)
+    engine = None if args.no_in_process else BundleEngine.from_bundle(args.bundle, threads=args.threads)
     levels = [int(c) for c in args.concurrency.split(",")]
     per_round = max(1, args.requests // args.rounds // 2)
     # every `new` request gets a picture of its own: the overhead rounds, then each concurrency level
@@ -236,7 +293,7 @@ def main() -> None:
     log = tempfile.TemporaryFile("w+")  # the server's stderr, shown if it fails to start
     process, port, server_command = start_server(args.bundle, args.threads, args.image_cache_mb, log)
     results = {"label": args.label, "bundle": str(Path(args.bundle).resolve()),
-               "random_weights": bool(engine.random_weights), "machine": machine(),
+               "random_weights": _random_weights(args.bundle), "machine": machine(),
                "command": shlex.join([sys.executable, *sys.argv]), "server_command": server_command,
                "picture": "480x480 JPEG (synthetic scene), one question, non-streamed, greedy",
                "max_tokens": MAX_TOKENS,
@@ -245,12 +302,15 @@ def main() -> None:
         warm = Client(port)
         for jpeg in pictures(1, seed=3):  # warm both sides (first runs allocate)
             warm.ask(body(jpeg))
-            engine.prepare_image(Image.open(io.BytesIO(jpeg)))
+            if engine:
+                answer(engine, engine.prepare_image(Image.open(io.BytesIO(jpeg))), QUESTION, config=config())
         split = args.rounds * per_round
         if "cached" in workloads:
-            results["overhead"]["cached"] = overhead(engine, port, cached, args.rounds, per_round, new=False)
+            results["overhead"]["cached"] = overhead(engine, port, cached, args.rounds, per_round, new=False,
+                                                     server_pid=process.pid)
         if "new" in workloads:
-            results["overhead"]["new"] = overhead(engine, port, fresh[:split], args.rounds, per_round, new=True)
+            results["overhead"]["new"] = overhead(engine, port, fresh[:split], args.rounds, per_round, new=True,
+                                                  server_pid=process.pid)
         if "cached" in workloads:
             results["concurrency"]["cached"] = [concurrent(port, [body(cached[0])], c, args.requests)
                                                 for c in levels]
@@ -268,15 +328,22 @@ def main() -> None:
     results["machine"]["load_average_1m_end"] = os.getloadavg()[0]
     print(f"edge-vlm serve, {args.label} ({results['machine']['cpu']}, {results['machine']['cores']} cores, "
           f"load {results['machine']['load_average_1m']:.1f} -> {results['machine']['load_average_1m_end']:.1f})")
-    print(f"{'workload':8} {'in-process p50':>15} {'server p50':>11} {'overhead':>14}")
+    print(f"{'workload':8} {'in-process p50':>15} {'server p50':>11} {'overhead':>10} {'paired overhead':>16} "
+          f"{'CPU in-process':>15} {'CPU server':>11}")
     for workload, o in results["overhead"].items():
-        print(f"{workload:8} {o['in_process']['p50_ms']:12.2f} ms {o['server']['p50_ms']:8.2f} ms "
-              f"{o['overhead_ms_p50']:7.2f} ms {o['overhead_pct_p50']:4.1f}%")
-    print(f"{'workload':8} {'clients':>7} {'req/s':>8} {'p50':>10} {'p95':>10} {'errors':>6}")
+        local = f"{o['in_process']['p50_ms']:12.2f} ms" if "in_process" in o else f"{'-':>15}"
+        unpaired = f"{o['overhead_ms_p50']:7.2f} ms" if "in_process" in o else f"{'-':>10}"
+        local_cpu = f"{o['in_process_cpu_ms_per_call']:12.2f} ms" if "in_process" in o else f"{'-':>15}"
+        print(f"{workload:8} {local} {o['server']['p50_ms']:8.2f} ms {unpaired} {o['paired_overhead_ms_p50']:8.2f} ms "
+              f"({o['paired_overhead_pct_p50']:4.1f}%) {local_cpu} {o['server_cpu_ms_per_request']:8.2f} ms")
+    print(f"{'workload':8} {'clients':>7} {'req/s':>8} {'p50':>10} {'p95':>10} {'outside job':>12} {'errors':>6}")
     for workload, rows in results["concurrency"].items():
         for row in rows:
-            print(f"{workload:8} {row['clients']:7d} {row['requests_per_s']:8.1f} {row['p50_ms']:7.1f} ms "
-                  f"{row['p95_ms']:7.1f} ms {row['errors']:6d}")
+            if not row["requests"]:
+                print(f"{workload:8} {row['clients']:7d} no request answered {row['errors']:6d}")
+                continue
+            print(f"{workload:8} {row['clients']:7d} {row['requests_per_s']:8.2f} {row['p50_ms']:7.1f} ms "
+                  f"{row['p95_ms']:7.1f} ms {row['outside_job_ms_p50']:9.2f} ms {row['errors']:6d}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
