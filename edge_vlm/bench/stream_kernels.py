@@ -104,10 +104,12 @@ def compiler() -> list[str] | None:
 
 def arch_flags() -> list[str]:
     """The host's own vector instructions: -march=native on x86, -mcpu=native on Arm (GCC has no -march=native
-    there on older releases); nothing elsewhere."""
+    there on older releases); nothing elsewhere. On x86, 256-bit vectors even where AVX-512 exists: a streaming
+    loop is bound by memory either way, Zen 4 splits 512-bit operations in two, and some Intel cores lower their
+    clock for them (on a shared Zen 4 VM the 256-bit build's median pass read about 10 % faster)."""
     machine = platform.machine().lower()
     if machine in ("x86_64", "amd64", "i686", "i386"):
-        return ["-march=native"]
+        return ["-march=native", "-mprefer-vector-width=256"]
     if machine in ("aarch64", "arm64") or machine.startswith("arm"):
         return ["-mcpu=native"]
     return []
