@@ -31,12 +31,22 @@ def human_bytes(value: float) -> str:
     return f"{value:.0f} B"
 
 
+def _image_tokens(result: dict):
+    """'36' (every patch token) or '18 of 36': a reduced setting is another model (edge_vlm.image_tokens)."""
+    tokens = (result.get("info") or {}).get("image_tokens") or {}
+    if not isinstance(tokens.get("tokens"), int):
+        return None  # a report written before the setting was recorded
+    reduced = tokens.get("patch_tokens") not in (None, tokens["tokens"])
+    return f"{tokens['tokens']} of {tokens['patch_tokens']}" if reduced else str(tokens["tokens"])
+
+
 def _artifact_bytes(result: dict):
     artifacts = (result.get("info") or {}).get("artifacts") or {}
     return artifacts.get("total_bytes") or artifacts.get("parameters_bytes")
 
 
 ROWS: list[Row] = [
+    ("image tokens", _image_tokens, "{}"),
     ("load (s)", _get("load_s"), "{:.1f}"),
     ("artifacts (disk or in-memory weights)", _artifact_bytes, human_bytes),
     ("peak RSS", _get("memory", "peak_rss_bytes"), human_bytes),
@@ -76,7 +86,7 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for label, getter, fmt in ROWS:
         cells = [_cell(b, getter, fmt) for b in backends]
-        if all(c in ("-", "error") for c in cells) and label.startswith(("peak GPU", "nominal", "energy")):
+        if all(c in ("-", "error") for c in cells) and label.startswith(("peak GPU", "nominal", "energy", "image tokens")):
             continue
         rows.append([label] + cells)
     return header, rows
@@ -117,6 +127,9 @@ def _footer_lines(report: dict) -> list[str]:
         if b.get("status") != "ok":
             lines.append(f"{b['name']}: ERROR {b.get('error')}")
             continue
+        tokens = (b.get("info") or {}).get("image_tokens") or {}
+        if tokens.get("selection"):
+            lines.append(f"{b['name']}: image tokens {tokens.get('summary')}: answers can differ from the full model's")
         energy = b["energy"]
         if not energy.get("available"):
             lines.append(f"{b['name']}: energy {energy.get('reason', 'unavailable')}")

@@ -19,7 +19,7 @@ HELP = ("measure latency per stage, memory and the bandwidth roofline of backend
 
 # flag dest -> BenchSettings field (flags left unset fall back to the scenario, then to BenchSettings' defaults)
 _SETTING_FLAGS = ("backends", "model", "bundles", "preset", "random_weights", "prompt_tokens", "new_tokens", "runs",
-                  "warmup", "threads", "device", "image", "verify", "bandwidth_mib")
+                  "warmup", "threads", "device", "image", "verify", "bandwidth_mib", "image_tokens", "contextual_tokens")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     work.add_argument("--bandwidth-mib", type=int,
                       help="smallest array of the bandwidth test in MiB (256); it also runs at 4x and 16x the "
                            "last-level cache")
+    work.add_argument("--image-tokens", type=int, metavar="K",
+                      help="torch backends: give the model K of its image tokens (as `export --image-tokens`); a "
+                           "bundle's are fixed at export, and one with another K is refused")
+    work.add_argument("--contextual-tokens", type=int, metavar="C", help="with --image-tokens: C of them merged")
     work.add_argument("--scenario", help="a YAML scenario (benchmarks/*.yaml); flags given here win")
     out = parser.add_argument_group("output")
     out.add_argument("--json", metavar="FILE", help="write the full report (schema edge-vlm-bench v1)")

@@ -121,3 +121,21 @@ def test_gate_limits_what_the_selection_costs():
     assert "token_accuracy_drop unknown" in judge(dict(unknown), thresholds).failures[0]
     assert judge(dict(unknown), replace(thresholds, token_accuracy_drop_max=1.0)).passed
     assert judge({"accuracy_bundle": 0.6, "accuracy_torch": 0.6}, thresholds).passed  # no selection, no check
+
+
+def test_bench_table_shows_the_setting():
+    from edge_vlm.bench.artifacts import image_tokens_info
+    from edge_vlm.bench.report import _footer_lines, table_rows
+
+    def backend(name, info):
+        return {"name": name, "status": "ok", "info": info, "energy": {"available": False, "reason": "none"}}
+
+    report = {"backends": [backend("ort-int4", {"image_tokens": image_tokens_info(18, 36, TokenSelection(14, 4))}),
+                           backend("ort-fp32", {"image_tokens": image_tokens_info(36, 36, None)}),
+                           backend("old-report", {})]}
+    header, rows = table_rows(report)
+    assert rows[0] == ["image tokens", "18 of 36", "36", "-"]
+    assert "ort-int4: image tokens 18 of 36 (REDUCED; cls-attention: 14 dominant + 4 contextual (merged)): answers " \
+           "can differ from the full model's" in _footer_lines(report)
+    assert not any(line.startswith("ort-fp32: image tokens") for line in _footer_lines(report))
+    assert table_rows({"backends": [backend("old-report", {})]})[1][0][0] != "image tokens"  # older reports: no row
