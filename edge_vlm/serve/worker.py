@@ -301,6 +301,8 @@ class ModelWorker:
                 self.busy, self._current = False, None
 
     def _check(self, job: Job) -> None:
+        if self._closed and not job.cancelled.is_set():  # taken from the queue just as the shutdown began
+            job.cancel(_shutting_down())
         if job.cancelled.is_set():
             if job.reason is not None:
                 raise job.reason

@@ -132,6 +132,7 @@ def test_stopping_the_server_ends_running_and_waiting_requests_with_503(slow_ser
                                      data=json.dumps({**QUESTION, "stream": True}).encode())
     with urllib.request.urlopen(request, timeout=30) as stream:
         assert json.loads(stream.readline().decode().removeprefix("data: "))["choices"][0]["delta"]["role"]
+        assert engine.started.wait(10)  # the answer is being generated
         waiting, result = _in_thread(post, server.url + "/v1/chat/completions", QUESTION)
         _wait(lambda: server.worker.depth == 1)
         server.server.handle_exit(signal.SIGINT, None)  # what Ctrl-C does
@@ -271,7 +272,7 @@ def test_requests_take_the_model_before_the_live_stream():
     time.sleep(0.1)  # the stream waits first...
     request = threading.Thread(target=take, args=("request", True))
     request.start()
-    time.sleep(0.1)
+    _wait(lambda: lock._requests_waiting == 1)  # the request is waiting too
     release.set()
     for thread in (first, stream, request):
         thread.join(5)
