@@ -30,6 +30,13 @@ def pictures(tmp_path_factory) -> dict[str, Path]:
         picture.save(files[f"scene{index}.png"])
     files["scene0.jpg"] = folder / "scene0.jpg"
     draw_scene(sample_scene(rng), 160).save(files["scene0.jpg"], quality=90)
+    # a picture with an alpha channel, half transparent on the left: the server must read it as `ask` does
+    rgba = draw_scene(sample_scene(rng), 84).convert("RGBA")
+    alpha = rgba.getchannel("A").point(lambda _: 255)
+    alpha.paste(60, (0, 0, 42, 84))
+    rgba.putalpha(alpha)
+    files["scene-rgba.png"] = folder / "scene-rgba.png"
+    rgba.save(files["scene-rgba.png"])
     return files
 
 

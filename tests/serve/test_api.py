@@ -12,7 +12,7 @@ import pytest
 from tests.serve.helpers import Server, openai_client, run_ask, user
 
 QUESTIONS = [("scene0.png", "What color is the square?"), ("scene1.png", "Where is the red object?"),
-             ("scene0.jpg", "What is in the picture?")]
+             ("scene0.jpg", "What is in the picture?"), ("scene-rgba.png", "What color is the circle?")]
 
 
 def _ask(bundle, picture, question, *extra) -> str:
