@@ -17,7 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--model", metavar="DIR", type=folder, help="checkpoint directory (PyTorch)")
     source.add_argument("--bundle", metavar="DIR", type=folder, help="exported bundle directory (ONNX Runtime)")
     source.add_argument("--compare", nargs="+", metavar="SRC", type=folder,
-                        help="several checkpoints and/or bundles (kind detected); deltas are against the first")
+                        help="several checkpoints and/or bundles (kind detected); deltas are against the first. "
+                             "DIR@K (or DIR@KcC) answers with K of the model's image tokens, C of them merged "
+                             "(as `export --image-tokens K --contextual-tokens C`; --model DIR@K too)")
     source.add_argument("--answers", metavar="FILE",
                         help="no model: score an existing LLaVA-format answers .jsonl and write its submission files")
     parser.add_argument("--benchmark", action="append", metavar="NAME",

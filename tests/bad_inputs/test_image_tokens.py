@@ -165,3 +165,44 @@ def test_bench_refuses_a_token_setting_it_cannot_run(refused, reduced, exportabl
     scenario.write_text(f"settings:\n  {lines.replace(chr(10), chr(10) + '  ')}\n")
     refused("bench", "--scenario", scenario, "--model", exportable_tiny, "--bundle", reduced, "--backend", backends,
             "--runs", "1", "--warmup", "0", "--quiet", match=match, watch=[reduced, exportable_tiny])
+
+
+@pytest.fixture
+def world(tmp_path):
+    from edge_vlm.data.synth import write_world
+
+    write_world(tmp_path / "world", seed=3, train=1, eval_size=3, image_size=56, progress=False)
+    return tmp_path / "world"
+
+
+@pytest.mark.parametrize("suffixes,match", [
+    (("@17", ""), "eval source exportable-tiny@17: image tokens 17 is not possible: the model has 16 image tokens"),
+    (("@6c6", ""), "contextual tokens 6 must be a whole number from 0 to 5"),
+    (("", "@8"), "reduced@8: the bundle"),
+    (("", "@6"), "gives 6 of 16 image tokens (2 contextual), fixed at export"),
+])
+def test_eval_refuses_a_source_token_setting_it_cannot_run(refused, reduced, exportable_tiny, world, tmp_path,  # noqa: F811
+                                                           suffixes, match):
+    refused("eval", "--compare", f"{exportable_tiny}{suffixes[0]}", f"{reduced}{suffixes[1]}", "--benchmark",
+            "synth", "--data", world, "--out", tmp_path / "results", "--no-progress", match=match,
+            watch=[reduced, exportable_tiny, world])
+    assert not (tmp_path / "results").exists()
+
+
+def test_eval_sources_carry_their_setting(tmp_path):
+    """DIR@K and DIR@KcC name a setting; a folder whose own name ends so is taken as it is."""
+    from edge_vlm.eval.engines import make_sources, split_tokens
+
+    assert split_tokens("runs/ckpt@144") == ("runs/ckpt", 144, None)
+    assert split_tokens("runs/ckpt@64c10") == ("runs/ckpt", 64, 10)
+    assert split_tokens("runs/ckpt@x") == ("runs/ckpt@x", None, None)
+    odd = tmp_path / "ckpt@12"
+    odd.mkdir()
+    (odd / "config.json").write_text("{}")
+    assert split_tokens(str(odd)) == (str(odd), None, None)
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    full, reduced_source = make_sources([str(tmp_path / "ckpt"), f"{tmp_path / 'ckpt'}@9c2"])
+    assert (full.label, reduced_source.label) == ("ckpt", "ckpt@9c2")
+    assert (reduced_source.image_tokens, reduced_source.contextual_tokens) == (9, 2)
+    assert reduced_source.description == f"model:{(tmp_path / 'ckpt').resolve()}@9c2" != full.description
