@@ -139,3 +139,24 @@ def test_bench_table_shows_the_setting():
            "can differ from the full model's" in _footer_lines(report)
     assert not any(line.startswith("ort-fp32: image tokens") for line in _footer_lines(report))
     assert table_rows({"backends": [backend("old-report", {})]})[1][0][0] != "image tokens"  # older reports: no row
+
+
+@pytest.mark.slow
+def test_gate_refuses_a_costly_selection_unless_loosened(tmp_path):
+    """The trained built-in model with 1 of its 36 image tokens loses answers: the default gate refuses the bundle
+    (nothing written), --max-token-accuracy-drop 1 writes it with the loss recorded."""
+    from pathlib import Path
+
+    from edge_vlm.export.gate import GateFailed
+    from edge_vlm.export.pipeline import ExportOptions, export_bundle
+
+    builtin = Path(__file__).resolve().parents[2] / "edge_vlm" / "assets" / "builtin"
+    options = dict(model=builtin, precision="fp32", image_tokens=1, val_samples=16, val_max_new_tokens=8)
+    with pytest.raises(GateFailed, match=r"with 1 image tokens failed the validation gate .*token_accuracy_drop"):
+        export_bundle(ExportOptions(out=tmp_path / "refused", **options), log=lambda _: None)
+    assert not (tmp_path / "refused").exists()
+    written = export_bundle(ExportOptions(out=tmp_path / "loosened", max_token_accuracy_drop=1.0, **options),
+                            log=lambda _: None)
+    validation = json.loads((written / "manifest.json").read_text())["validation"]
+    assert validation["passed"] and validation["thresholds"]["token_accuracy_drop_max"] == 1.0
+    assert validation["figures"]["token_accuracy_drop"] > 0.01
