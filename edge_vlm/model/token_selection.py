@@ -67,8 +67,9 @@ def select_tokens(patches: torch.Tensor, scores: torch.Tensor, keys: torch.Tenso
     top = scores.topk(dominant, dim=1).indices
     # One sort orders both groups by position: a kept patch sorts after every other (position + N), so the last
     # `dominant` positions are the kept ones and the first N - dominant the rest, each group in patch order.
-    kept_flag = torch.zeros_like(scores).scatter(1, top, 1.0)
-    position = torch.arange(count, device=scores.device, dtype=scores.dtype)
+    # In float32 whatever the model's dtype: bfloat16 holds whole numbers exactly only up to 256.
+    kept_flag = torch.zeros(scores.shape, device=scores.device, dtype=torch.float32).scatter(1, top, 1.0)
+    position = torch.arange(count, device=scores.device, dtype=torch.float32)
     order = torch.argsort(position + count * kept_flag, dim=1)
     kept = _gather(patches, order[:, count - dominant:])
     if not selection.contextual:

@@ -127,3 +127,13 @@ def test_impossible_settings_are_refused(k, contextual, match):
     with pytest.raises(EdgeVLMError) as caught:
         choose(k, contextual, 16)
     assert match in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_kept_tokens_stay_in_patch_order_in_bfloat16():
+    """576 patches with bfloat16 scores (a bf16 model): the kept patches are the top-scored ones in ascending patch
+    order (bfloat16 holds whole numbers exactly only up to 256, so the ordering must not be computed in it)."""
+    scores = torch.rand(2, 576, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    patches = torch.arange(576, dtype=torch.float32).view(1, 576, 1).expand(2, -1, 3).contiguous()
+    kept = select_tokens(patches, scores, torch.ones(2, 576, 4), TokenSelection(144))[..., 0]
+    expected = scores.topk(144, dim=1).indices.sort(dim=1).values.float()
+    assert torch.equal(kept, expected)
