@@ -289,8 +289,6 @@ def score_answer_file(benchmark: str | Benchmark, data_dir, answers_file: str | 
     and write the submission files from it when `out_dir` is given. Answers are matched to questions by
     (question_id, prompt), else by question_id alone where that id is unique."""
     bench = get_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
-    if out_dir is not None:
-        check_results_folder(Path(out_dir))
     dataset = bench.load(data_dir, question_file, image_folder)
     items = dataset.items[:limit] if limit else dataset.items
     path = Path(answers_file)
@@ -313,6 +311,8 @@ def score_answer_file(benchmark: str | Benchmark, data_dir, answers_file: str | 
             answers[item.key] = record
     if not answers:
         raise EdgeVLMError(f"no answer in {path} matches a question of {dataset.question_file}")
+    if out_dir is not None:  # after the inputs are read: a refused input leaves no trace of an output check
+        check_results_folder(Path(out_dir))
     label = label or path.stem
     scores = _score(bench, dataset, items, answers)
     result = EvalResult(bench.name, label, scores, bench.headline if scores else None, len(items), 0, len(answers),

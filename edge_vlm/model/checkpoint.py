@@ -48,7 +48,7 @@ class CheckpointMeta:
 
     @classmethod
     def from_dict(cls, data: dict) -> CheckpointMeta:
-        from edge_vlm.prompting import TEMPLATES
+        from edge_vlm.prompting import TEMPLATE_NAMES, TEMPLATES
 
         if not isinstance(data, dict):
             raise EdgeVLMError(f"must be a JSON object, got {type(data).__name__}")
@@ -56,8 +56,9 @@ class CheckpointMeta:
             raise EdgeVLMError(f"is format {data.get('format')!r} version {data.get('version')!r}; this edge-vlm "
                                f"reads {FORMAT!r} version {FORMAT_VERSION}")
         template = data.get("template", "phi-2_v0")
-        if template not in TEMPLATES:
-            raise EdgeVLMError(f"names the template {template!r}, which is not one of {sorted(TEMPLATES)}")
+        known = sorted({*TEMPLATES, *TEMPLATE_NAMES})  # a stage-1 checkpoint records `plain`
+        if template not in known:
+            raise EdgeVLMError(f"names the template {template!r}, which is not one of {known}")
         if not isinstance(data.get("random_weights", False), bool):
             raise EdgeVLMError(f"random_weights must be true or false, got {data.get('random_weights')!r}")
         return cls(
