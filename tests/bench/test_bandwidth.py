@@ -101,7 +101,7 @@ def test_compiled_method_names_kernel_sizes_and_threads(cache):
 
 @NEEDS_CC
 def test_the_bound_is_never_below_numpy(cache):
-    result = measure_cpu_bandwidth(threads=1, repeats=10, sizes_mib=[16], counts=[1])
+    result = measure_cpu_bandwidth(threads=1, repeats=20, sizes_mib=[16], counts=[1])
     assert result["used_gb_s"] >= result["numpy_gb_s"]
     # the compiled loops read at least about as fast as numpy's (a loose margin: a shared machine is noisy)
     assert result["compiled_gb_s"] >= 0.8 * result["numpy_gb_s"], result["measurements"]
