@@ -162,7 +162,7 @@ def _build(cc: list[str], version: str) -> Kernels:
     """Compile (or find in the cache) and load. Tries the host's vector flags first, then plain -O3."""
     errors = []
     for flags in ([arch_flags(), []] if arch_flags() else [[]]):
-        description = f"{shlex.join([*cc, '-O3', *flags])} ({version})"
+        description = f"{shlex.join([*cc, '-O3', *flags])}; {version}"
         key = hashlib.sha256("\0".join([SOURCE, shlex.join(cc), version, " ".join(flags), platform.machine(),
                                         _cpu_identity()]).encode()).hexdigest()[:24]
         cached = cache_dir() / f"stream-{key}.so"
