@@ -39,12 +39,20 @@ class Thresholds:
     # an image-token selection (K < N): PyTorch's accuracy with K tokens against PyTorch's with all N, the cost of
     # the selection alone (the checks above compare the bundle with PyTorch at the same K)
     token_accuracy_drop_max: float = 0.01
+    # an image-token selection: the share of pictures whose kept tokens are the ones PyTorch kept. Near-tied patches
+    # can be chosen differently by a graph that computes in float16 (measured on the built-in model at K = 18: 15
+    # pictures of 200); such pictures are left out of the vision figures above and counted here instead, and their
+    # effect on the answers is in the logit and answer checks.
+    selection_agreement_min: float = 0.95
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 VISION_THRESHOLDS = {"fp32": (0.99999, 1e-3), "fp16": (0.999, 2e-2)}
+SELECTION_AGREEMENT = {"fp32": 0.95, "fp16": 0.8}  # fp32 graphs flip a near-tie rarely, fp16 ones more often
+# a token whose features point elsewhere than PyTorch's token at its place (cosine below this) is another patch
+_SAME_TOKEN_COSINE = 0.99
 DECODER_THRESHOLDS = {  # logit cosine, top-1 agreement, exact match, accuracy drop (absolute)
     "fp32": (0.9999, 0.99, 0.95, 0.0),
     "fp16": (0.999, 0.97, 0.90, 0.01),
@@ -56,7 +64,8 @@ DECODER_THRESHOLDS = {  # logit cosine, top-1 agreement, exact match, accuracy d
 def default_thresholds(vision_precision: str, decoder_precision: str) -> Thresholds:
     vision_cos, vision_rel = VISION_THRESHOLDS[vision_precision]
     logit_cos, top1, exact, drop = DECODER_THRESHOLDS[decoder_precision]
-    return Thresholds(vision_cos, vision_rel, logit_cos, top1, exact, drop)
+    return Thresholds(vision_cos, vision_rel, logit_cos, top1, exact, drop,
+                      selection_agreement_min=SELECTION_AGREEMENT[vision_precision])
 
 
 @dataclass
@@ -132,16 +141,20 @@ def bundle_figures(engine, samples: list[ExportSample], references: list[Referen
     from edge_vlm.imaging import preprocess
 
     greedy = GenerationConfig(max_new_tokens=max_new_tokens)
-    vision_cos, vision_err, vision_scale = [], 0.0, 0.0
+    selecting = getattr(engine, "token_selection", None) is not None
+    vision_cos, vision_err, vision_scale, agreed, pictures = [], 0.0, 0.0, 0, 0
     logit_cos, top1, exact, correct_bundle, correct_torch, graded = [], [], [], 0, 0, 0
     pairs = list(zip(samples, references))
     for sample, ref in progress(pairs, desc="bundle check", unit="sample") if progress else pairs:
         features = None
         if sample.image is not None:
             features = engine.image_features(preprocess(sample.image, engine.image_config)[None])[0]
-            vision_cos.append(_cosine(features, ref.features))
-            vision_err = max(vision_err, float(np.max(np.abs(features - ref.features))))
-            vision_scale = max(vision_scale, float(np.max(np.abs(ref.features))))
+            pictures += 1
+            if not selecting or _same_tokens(features, ref.features):
+                agreed += 1
+                vision_cos.append(_cosine(features, ref.features))
+                vision_err = max(vision_err, float(np.max(np.abs(features - ref.features))))
+                vision_scale = max(vision_scale, float(np.max(np.abs(ref.features))))
         first_logits, prefix = engine.prefill(ref.prompt_ids, features)
         logits, cache = first_logits, prefix
         for position, token in enumerate(ref.answer_ids):
@@ -171,7 +184,17 @@ def bundle_figures(engine, samples: list[ExportSample], references: list[Referen
     }
     if all_token_answers is not None:
         figures["accuracy_all_tokens"] = _accuracy(all_token_answers, samples)
+    if selecting and pictures:
+        figures["selection_agreement"] = agreed / pictures
     return figures
+
+
+def _same_tokens(features: np.ndarray, reference: np.ndarray) -> bool:
+    """Every token [K, D] points where PyTorch's token at its place does: the same patches were kept."""
+    a, b = np.asarray(features, np.float64), np.asarray(reference, np.float64)
+    norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    cosines = np.where(norms > 0, (a * b).sum(-1) / np.where(norms > 0, norms, 1), 1.0)
+    return bool(np.all(cosines >= _SAME_TOKEN_COSINE))
 
 
 def _accuracy(answers: list[str], samples: list[ExportSample]) -> float | None:
@@ -189,6 +212,7 @@ def judge(figures: dict, thresholds: Thresholds) -> GateResult:
         ("logit_cosine_mean", ">=", thresholds.logit_cosine_min),
         ("top1_agreement", ">=", thresholds.top1_agreement_min),
         ("exact_match", ">=", thresholds.exact_match_min),
+        ("selection_agreement", ">=", thresholds.selection_agreement_min),
     ]
     failures = []
     for name, op, limit in checks:

@@ -160,3 +160,32 @@ def test_gate_refuses_a_costly_selection_unless_loosened(tmp_path):
     validation = json.loads((written / "manifest.json").read_text())["validation"]
     assert validation["passed"] and validation["thresholds"]["token_accuracy_drop_max"] == 1.0
     assert validation["figures"]["token_accuracy_drop"] > 0.01
+
+
+def test_gate_counts_pictures_whose_kept_tokens_differ(reduced, exportable_tiny, export_base):
+    """A picture with a token that is not PyTorch's (here: the reference's last token pointing the other way; a
+    near-tie broken the other way puts another patch there) leaves the vision figures and lowers
+    selection_agreement, which has its own limit; the other pictures' figures stay exact."""
+    from dataclasses import replace
+
+    from edge_vlm.export.gate import bundle_figures, default_thresholds, judge, torch_references
+    from edge_vlm.export.samples import synthetic_samples
+    from edge_vlm.model.checkpoint import load_checkpoint
+    from edge_vlm.runtime import BundleEngine
+
+    model, tokenizer, meta = load_checkpoint(exportable_tiny, dtype=torch.float32)
+    model.set_token_selection(TokenSelection(4, 2))
+    samples = synthetic_samples(export_base / "selection-world", 3, 56)
+    references = torch_references(model, tokenizer, meta.image, samples, 4)
+    engine = BundleEngine.from_bundle(reduced)
+    figures = bundle_figures(engine, samples, references, 4)
+    assert figures["selection_agreement"] == 1.0 and figures["vision_cosine_min"] > 0.99999
+    other = references[0].features.copy()
+    other[-1] = -other[-1]
+    references[0] = replace(references[0], features=other)
+    figures = bundle_figures(engine, samples, references, 4)
+    assert figures["selection_agreement"] == pytest.approx(2 / 3)
+    assert figures["vision_cosine_min"] > 0.99999
+    failures = judge(figures, default_thresholds("fp32", "fp32")).failures
+    assert "selection_agreement 0.666667 (needs >= 0.95)" in failures
+    assert default_thresholds("fp16", "fp16").selection_agreement_min == 0.8
