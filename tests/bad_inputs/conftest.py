@@ -87,3 +87,25 @@ class Refusals:
 @pytest.fixture
 def refused(tmp_path, capfd, monkeypatch) -> Refusals:
     return Refusals(tmp_path, capfd, monkeypatch)
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """A folder nothing can be written into. Permission bits do not bind root, so as root a read-only file system
+    is mounted there instead (tmpfs); where that is not allowed either, the case is skipped with the reason."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip("running as root (a mode-555 folder is writable for root) and no read-only file system can be "
+                    f"mounted here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

@@ -9,9 +9,7 @@ facts (which bytes make an ONNX graph, what a path outside a folder is) come fro
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -42,28 +40,6 @@ def rehash(bundle: Path, name: str) -> None:
     data = (bundle / name).read_bytes()
     edit_manifest(bundle, lambda m: m["files"].__setitem__(name, {"bytes": len(data),
                                                                   "sha256": hashlib.sha256(data).hexdigest()}))
-
-
-@pytest.fixture
-def readonly_dir(tmp_path):
-    """A folder nothing can be written into. Permission bits do not bind root, so as root a read-only file system
-    is mounted there instead (tmpfs); where that is not allowed either, the case is skipped with the reason."""
-    folder = tmp_path / "read-only"
-    folder.mkdir()
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        yield folder
-        folder.chmod(0o755)
-        return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip("running as root (a mode-555 folder is writable for root) and no read-only file system can be "
-                    f"mounted here: {mounted.stderr.strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 # ------------------------------------------------------------------------------------------- damaged bundles

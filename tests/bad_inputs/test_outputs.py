@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, PngImagePlugin
 
+from tests.bad_inputs.test_checkpoints import synth_data
+
 REPO = Path(__file__).resolve().parents[2]
 NOT_OURS = "exists and was not written by edge-vlm: choose another path or remove it first"
 
@@ -191,14 +193,7 @@ def test_stream_replaces_its_own_earlier_outputs(refused, tiny_checkpoint, tmp_p
 @pytest.fixture
 def synth(tmp_path):
     """The smallest `synth` benchmark folder: eval.json with one question and its picture."""
-    root = tmp_path / "synth"
-    (root / "images").mkdir(parents=True)
-    Image.new("RGB", (56, 56), (200, 20, 20)).save(root / "images" / "eval_00000.png")
-    (root / "eval.json").write_text(json.dumps([{
-        "id": "eval-0", "image": "images/eval_00000.png", "question_type": "color", "answer": "red",
-        "conversations": [{"from": "human", "value": "<image>\nWhat color is the square?"},
-                          {"from": "gpt", "value": "red"}]}]))
-    return root
+    return synth_data(tmp_path / "synth")
 
 
 def eval_compare_argv(sources, synth, out) -> list:
