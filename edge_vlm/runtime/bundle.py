@@ -75,8 +75,8 @@ def load_manifest(directory: str | Path) -> dict:
             path / "config.json").is_file() else ""
         raise EdgeVLMError(f"no {MANIFEST_FILE} in {path}: not a bundle directory{hint}")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"), object_pairs_hook=_refuse_duplicate_keys)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a repeated key
         raise EdgeVLMError(f"{manifest_path} is not valid JSON ({exc}): {_DAMAGED}") from exc
     except OSError as exc:
         raise EdgeVLMError(f"cannot read {manifest_path}: {exc.strerror or exc}") from exc
@@ -91,6 +91,15 @@ def load_manifest(directory: str | Path) -> dict:
             "re-export the bundle with this version (`edge-vlm export`) or install the edge-vlm that wrote it"
         )
     return manifest
+
+
+def _refuse_duplicate_keys(pairs: list) -> dict:
+    """A key given twice in one object: json keeps the last silently, so which value the writer meant is unknown."""
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"the key {repeated[0]!r} is given twice in one object")
+    return dict(pairs)
 
 
 def read_manifest(directory: str | Path) -> dict:
@@ -271,7 +280,11 @@ def check_contents(directory: str | Path, manifest: dict) -> None:
         raise EdgeVLMError(f"{manifest_path} says the vision part is {precision['vision']}, but {vision_path} is an "
                            f"{found} graph: the manifest does not match the bundle; export it again")
     _check_vision_output(manifest_path, vision_path, vision, model)
-    dtype = _npy_dtype(root / manifest["roles"]["embeddings"])
+    dtype, shape = _npy_header(root / manifest["roles"]["embeddings"])
+    if shape != (model["vocab_size"], model["hidden_size"]):
+        raise EdgeVLMError(f"{manifest_path}: the embedding table {root / manifest['roles']['embeddings']} is "
+                           f"{' x '.join(map(str, shape))}, not vocab_size x hidden_size = {model['vocab_size']} x "
+                           f"{model['hidden_size']}: {_DAMAGED}")
     if dtype != precision["embeddings"]:
         raise EdgeVLMError(f"{manifest_path} says the embeddings are {precision['embeddings']}, but "
                            f"{root / manifest['roles']['embeddings']} holds {dtype}: {_DAMAGED}")
@@ -377,11 +390,12 @@ def _rotary_positions(model) -> int | None:
     return min(rows) if rows else None
 
 
-def _npy_dtype(path: Path) -> str:
+def _npy_header(path: Path) -> tuple[str, tuple[int, ...]]:
     import numpy as np
 
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False).dtype.name  # the header only: the rows stay on disk
+        table = np.load(path, mmap_mode="r", allow_pickle=False)  # the header only: the rows stay on disk
+        return table.dtype.name, tuple(table.shape)
     except OSError as exc:
         raise EdgeVLMError(f"cannot read the embedding table {path}: {exc.strerror or exc}") from exc
     except ValueError as exc:

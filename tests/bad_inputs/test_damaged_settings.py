@@ -136,3 +136,22 @@ def test_bundle_settings_that_cannot_be_used(refused, bundle, picture, tmp_path,
     change, match = MANIFEST_DAMAGE[damage]
     edit_manifest(bundle, change)
     refused("ask", "--bundle", bundle, "--image", picture, "q", match=match, watch=[tmp_path])
+
+
+def test_a_manifest_key_given_twice_is_refused(refused, bundle, picture, tmp_path):
+    """json keeps the last of two equal keys silently; which precision the writer meant is unknown."""
+    path = bundle / "manifest.json"
+    path.write_text(path.read_text().replace('"precision": {', '"precision": {"decoder": "fp32", ', 1))
+    refused("info", bundle, match="given twice", watch=[tmp_path])
+
+
+def test_an_embedding_table_of_the_wrong_shape_is_refused(refused, bundle, tmp_path):
+    """A re-hashed table with too few rows: the hashes agree, the shape does not."""
+    import numpy as np
+
+    from tests.bad_inputs.test_bundles import rehash
+
+    table = np.load(bundle / "embeddings.npy")
+    np.save(bundle / "embeddings.npy", table[:100])
+    rehash(bundle, "embeddings.npy")
+    refused("info", bundle, match="embedding table", watch=[tmp_path])
