@@ -104,17 +104,29 @@ def read_index(index: Path) -> dict[str, list[str]]:
     return shards
 
 
-def safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+def safetensors_shapes(file: Path, floats_only: bool = False) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape from a safetensors header, which safetensors checks against the file's size: an empty,
     truncated or non-safetensors file is refused here, before any tensor is read."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(file), "pt") as handle:
-            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+            slices = {key: handle.get_slice(key) for key in handle.keys()}
+            shapes = {key: tuple(piece.get_shape()) for key, piece in slices.items()}
+            dtypes = {key: piece.get_dtype() for key, piece in slices.items()}
     except (SafetensorError, OSError) as exc:
         raise EdgeVLMError(
             f"cannot read {file}: not a complete safetensors file ({_safetensors_reason(exc)})") from exc
+    # `floats_only` (our checkpoints): every weight of the model is a float, and transformers would cast an integer
+    # tensor to float without a word. A released checkpoint may also hold integer buffers (position ids).
+    not_float = sorted(key for key, dtype in dtypes.items() if floats_only and dtype not in _FLOAT_DTYPES)
+    if not_float:
+        raise EdgeVLMError(f"{file}: {len(not_float)} tensors are not floating point ({_few(not_float)}: "
+                           f"{dtypes[not_float[0]]}); the weights are damaged or not this model's")
+    return shapes
+
+
+_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
 
 
 def _check_keys_in_shard(file: Path, keys, present, index_name: str) -> None:
@@ -161,14 +173,14 @@ def check_weight_files(directory: Path) -> list[Path]:
         files = []
         for name, keys in read_index(index).items():
             file = directory / name
-            _check_keys_in_shard(file, keys, safetensors_shapes(file), WEIGHTS_INDEX)
+            _check_keys_in_shard(file, keys, safetensors_shapes(file, floats_only=True), WEIGHTS_INDEX)
             files.append(file)
         return files
     single = directory / WEIGHTS_FILE
     if not single.is_file():
         legacy = " (it has .bin weights: run `edge-vlm convert` first)" if any(directory.glob("*.bin")) else ""
         raise EdgeVLMError(f"no {WEIGHTS_FILE} (nor {WEIGHTS_INDEX}) in {directory}{legacy}")
-    safetensors_shapes(single)
+    safetensors_shapes(single, floats_only=True)
     return [single]
 
 
@@ -337,6 +349,16 @@ def refuse_partial_load(path: Path, info: dict) -> None:
         raise EdgeVLMError(f"{weights} does not fit {path / 'config.json'}: {'; '.join(problems)}")
 
 
+def refuse_non_finite(path: Path, model) -> None:
+    """A NaN or infinity anywhere in the weights is damage (a diverged run, a bad copy): refuse it by name, before a
+    question is asked. One pass over the weights: about a second for the full-size model."""
+    import torch
+
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise EdgeVLMError(f"{path}: the weight {name} holds NaN or infinity; the checkpoint is damaged")
+
+
 def load_checkpoint(directory: str | Path, dtype=None, device: str | None = None, **load_kwargs):
     """(model, tokenizer, meta) from a checkpoint directory; the model is in eval mode. Every tensor the config
     calls for must be in the weights, with its shape, and nothing else."""
@@ -357,6 +379,7 @@ def load_checkpoint(directory: str | Path, dtype=None, device: str | None = None
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         raise EdgeVLMError(f"cannot load the model in {path}: {exc}") from exc
     refuse_partial_load(path, info)
+    refuse_non_finite(path, model)
     if device is not None:
         model = model.to(device)
     if model.config.image_token_id != tokenizer.image_token_id:

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -105,6 +106,7 @@ def _poison(name: str, value: float, everywhere: bool):
     ("vision_tower.embeddings.patch_embedding.weight", float("nan"), True),
     ("lm_head.weight", float("nan"), False),
     ("lm_head.bias", float("inf"), False),
+    ("embed_tokens.weight", float("inf"), False),  # a row no question may use: refused at load all the same
 ])
 def test_weights_holding_nan_or_infinity_answer_nothing(refused, checkpoint, picture, tmp_path, part, value,
                                                          everywhere):
@@ -115,6 +117,16 @@ def test_weights_holding_nan_or_infinity_answer_nothing(refused, checkpoint, pic
     save_file(tensors, str(weights), metadata={"format": "pt"})
     refused("ask", "--model", checkpoint, "--image", picture, "What colour is it?", match="NaN or infinity",
             watch=[tmp_path])
+
+
+def test_an_integer_weight_is_refused_not_cast(refused, checkpoint, picture, tmp_path):
+    """transformers would cast an int32 lm_head to float silently."""
+    weights = checkpoint / "model.safetensors"
+    tensors = load_file(str(weights))
+    (name,) = [key for key in tensors if key.endswith("lm_head.weight")]
+    tensors[name] = tensors[name].round().to(dtype=torch.int32)
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    refused("ask", "--model", checkpoint, "--image", picture, "q", match="not floating point", watch=[tmp_path])
 
 
 MANIFEST_DAMAGE = {
