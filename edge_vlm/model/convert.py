@@ -93,6 +93,7 @@ def weight_sources(directory: Path) -> list[tuple[Path, list[str] | None]]:
 
 
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a release; a missing shard is refused (weight_sources) before any tensor is read."""
     state: dict[str, torch.Tensor] = {}
     for file, keys in weight_sources(directory):
         state.update(read_tensors(file, keys))
@@ -196,10 +197,7 @@ def convert_lp_checkpoint(src: str | Path, dst: str | Path, force: bool = False)
     dst = Path(dst)
     if (dst.exists() or dst.is_symlink()) and not force:  # the common slip, refused before the slow reading
         raise EdgeVLMError(f"{dst} already exists; pass --force to replace it")
-    state: dict[str, torch.Tensor] = {}
-    for file, keys in weight_sources(src):  # a missing shard is refused before any tensor is read
-        state.update(read_tensors(file, keys))
-    state = map_lp_state_dict(state, config.text_config.num_attention_heads)
+    state = map_lp_state_dict(read_weights(src), config.text_config.num_attention_heads)
     with torch.device("meta"):
         expected = {k: v.shape for k, v in LlavaPhiForConditionalGeneration(config).state_dict().items()}
     check_against_model(state, expected, src)
