@@ -197,13 +197,13 @@ def check_checkpoint_dir(directory: str | Path) -> Path:
     if not (path / "config.json").is_file():
         hint = " (it looks like a bundle: use --bundle)" if (path / "manifest.json").is_file() else ""
         raise EdgeVLMError(f"no config.json in {path}: not a model checkpoint directory{hint}")
-    check_model_config(path / "config.json")
+    config = check_model_config(path / "config.json")
     check_weight_files(path)
     if not (path / "tokenizer.json").is_file():
         raise EdgeVLMError(f"no tokenizer.json in {path}")
     meta = read_meta(path)
     if meta.image is not None and (path / META_FILE).is_file():
-        tower = json.loads((path / "config.json").read_text(encoding="utf-8"))["vision_config"]["image_size"]
+        tower = config["vision_config"]["image_size"]
         if meta.image.image_size != tower:
             raise EdgeVLMError(f"{path / META_FILE}: image_size {meta.image.image_size} differs from the vision "
                                f"tower's {tower} in config.json")
