@@ -1,4 +1,5 @@
-"""Checks for the flags several verbs share (--threads, --seed, --device, --providers, folder paths, --image).
+"""Checks for the flags several verbs share (--threads, --seed, --device, --providers, folder paths, --image, rates and
+times such as --max-hz, --fps, --duration).
 
 The argparse `type=` functions below refuse a bad value while the command line is parsed, so it costs one line and
 exit status 2 (see main.OneLineParser) before any model loads. They import nothing heavy: `--help` stays instant.
@@ -7,6 +8,7 @@ exit status 2 (see main.OneLineParser) before any model loads. They import nothi
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 # More threads than cores only slow a model down (they contend for the same cores); a typo like 100000 must not make
@@ -34,6 +36,50 @@ def thread_count(text: str) -> int:
             f"{value} threads: give 1 to {max_threads()} ({os.cpu_count()} cores here; more threads than cores only "
             "slow a model down)")
     return value
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):  # float() reads 'nan', 'inf' and '1e999' without complaint
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def positive_number(text: str) -> float:
+    """A finite number > 0 (--max-hz, --duration, --speed, --max-age-ms, --request-timeout): NaN would disable
+    every comparison it takes part in, 0 or a negative would stop or stall the run, and infinity is never meant."""
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def non_negative_number(text: str) -> float:
+    """A finite number >= 0 (--image-cache-mb: 0 turns the cache off)."""
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def frame_rate(text: str) -> float:
+    """--fps: a finite number in (0, edge_vlm.stream.source.MAX_FPS]."""
+    from edge_vlm.stream.source import MAX_FPS
+
+    value = _finite(text)
+    if not 0 < value <= MAX_FPS:
+        raise argparse.ArgumentTypeError(f"must be a frame rate > 0 and <= {MAX_FPS:g}, got {text}")
+    return value
+
+
+def nonempty_name(text: str) -> str:
+    """A non-empty name (serve --model-name): an empty one would be an id no client can ask for."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("needs a name, got an empty string")
+    return text
 
 
 def seed(text: str) -> int:

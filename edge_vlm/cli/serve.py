@@ -8,6 +8,8 @@ import os
 import signal
 import sys
 
+from edge_vlm.cli.args import frame_rate, non_negative_number, nonempty_name, positive_number, thread_count
+
 HELP = "serve a model over HTTP: OpenAI-compatible chat API, health, Prometheus metrics, a live stream page"
 
 API_KEY_ENV = "EDGE_VLM_API_KEY"
@@ -18,10 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--bundle", metavar="DIR", help="an exported bundle (ONNX Runtime, no PyTorch needed)")
     model.add_argument("--model", metavar="DIR", help="a checkpoint directory (PyTorch); default: the built-in model")
-    parser.add_argument("--model-name", metavar="NAME", help="the model's id in the API (default: the directory's "
+    parser.add_argument("--model-name", metavar="NAME", type=nonempty_name, help="the model's id in the API (default: the directory's "
                         "name, edge-vlm-builtin for the built-in model)")
     parser.add_argument("--providers", help="--bundle: comma-separated ONNX Runtime execution providers")
-    parser.add_argument("--threads", type=int, metavar="N", help="intra-op threads for inference")
+    parser.add_argument("--threads", type=thread_count, metavar="N",
+                        help="intra-op threads for inference, 1 to 4x the CPU cores")
     parser.add_argument("--device", help="--model: torch device, e.g. cuda")
     net = parser.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
@@ -36,13 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-queue", type=int, default=16, metavar="N", help="requests waiting for the model before new ones "
                         "get 429 (default 16)")
-    limits.add_argument("--request-timeout", type=float, default=120.0, metavar="S",
+    limits.add_argument("--request-timeout", type=positive_number, default=120.0, metavar="S",
                         help="seconds a request may take, queue wait included (default 120)")
     limits.add_argument("--max-image-bytes", type=int, default=8 * MiB, metavar="N",
                         help="largest image file accepted (default 8 MiB)")
     limits.add_argument("--max-image-pixels", type=int, default=4096 * 4096, metavar="N",
                         help="largest width x height accepted (default 4096 x 4096)")
-    limits.add_argument("--image-cache-mb", type=float, default=1024.0, metavar="MB",
+    limits.add_argument("--image-cache-mb", type=non_negative_number, default=1024.0, metavar="MB",
                         help="memory for reused image prefixes (vision features + KV cache), least recently used "
                              "dropped first; 0 turns reuse off (default 1024; a full-size prefix takes ~250-500 MB)")
     live = parser.add_argument_group("live stream (the page at /)")
@@ -51,10 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     live.add_argument("--prompt", action="append", default=[], metavar="P", help="a question about every answered "
                       "frame (repeat; needs --source)")
     live.add_argument("--topic", metavar="T", help="the image topic of a bag source")
-    live.add_argument("--max-hz", type=float, default=2.0, metavar="N",
+    live.add_argument("--max-hz", type=positive_number, default=2.0, metavar="N",
                       help="at most N frames answered per second (default 2, leaving the model to the API "
                            "between frames; requests always go first)")
-    live.add_argument("--fps", type=float, help="frame rate of a folder or the synthetic scene")
+    live.add_argument("--fps", type=frame_rate, help="frame rate of a folder or the synthetic scene (up to 1000)")
     live.add_argument("--size", default="320x240", metavar="WxH", help="synthetic frame size (default 320x240)")
     live.add_argument("--stream-max-new-tokens", type=int, default=32, metavar="N",
                       help="answer length limit of the stream's prompts (default 32)")
@@ -74,12 +77,6 @@ def _check_args(args) -> None:
                              ("--stream-max-new-tokens", args.stream_max_new_tokens, 1)):
         if value < low:
             raise EdgeVLMError(f"{flag} must be >= {low}, got {value}")
-    if not args.request_timeout > 0:
-        raise EdgeVLMError(f"--request-timeout must be > 0 seconds, got {args.request_timeout:g}")
-    if not args.image_cache_mb >= 0:
-        raise EdgeVLMError(f"--image-cache-mb must be >= 0, got {args.image_cache_mb:g}")
-    if args.threads is not None and args.threads < 1:
-        raise EdgeVLMError(f"--threads must be >= 1, got {args.threads}")
     if args.api_key is not None and not args.api_key.strip():
         raise EdgeVLMError(f"the API key is empty (--api-key or ${API_KEY_ENV}): give a key or leave it unset")
     for origin in args.cors_origin:
@@ -89,8 +86,6 @@ def _check_args(args) -> None:
         raise EdgeVLMError("--prompt is for the live stream: give --source too (e.g. --source camera:0)")
     if args.source and not args.prompt:
         raise EdgeVLMError("--source needs at least one --prompt: the question asked about every frame")
-    if args.max_hz is not None and args.max_hz <= 0:
-        raise EdgeVLMError(f"--max-hz must be > 0, got {args.max_hz:g}")
     for flag, value in (("--model", args.model), ("--bundle", args.bundle)):
         if value is not None and not Path(value).is_dir():  # before importing torch or ONNX Runtime (seconds)
             raise EdgeVLMError(f"{flag} {value} is not a directory: give the {flag[2:]}'s folder")

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from edge_vlm.cli.args import folder, seed, thread_count
+from edge_vlm.cli.args import folder, frame_rate, positive_number, seed, thread_count
 
 HELP = "answer prompts about a live frame source (camera, video, RTSP, folder, synthetic, rosbag2), newest frame first"
 
@@ -28,10 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a question asked about every answered frame (repeat for several; they share the "
                              "image's prefill)")
     parser.add_argument("--topic", metavar="T", help="the image topic of a bag source (Image or CompressedImage)")
-    parser.add_argument("--max-hz", type=float, metavar="N", help="at most N frames answered per second "
+    parser.add_argument("--max-hz", type=positive_number, metavar="N", help="at most N frames answered per second "
                         "(default: as fast as the model goes)")
-    parser.add_argument("--max-age-ms", type=float, metavar="MS", help="never answer about a frame older than this")
-    parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    parser.add_argument("--max-age-ms", type=positive_number, metavar="MS", help="never answer about a frame older than this")
+    parser.add_argument("--duration", type=positive_number, metavar="S", help="stop after S seconds")
     parser.add_argument("--max-frames", type=int, metavar="N", help="stop after answering N frames")
     parser.add_argument("--jsonl", metavar="PATH", help="write every answer with its timings as JSON lines")
     parser.add_argument("--record", metavar="PATH", help="record the frames with the answers drawn on them "
@@ -41,9 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--playback", choices=("realtime", "lossless"), default="realtime",
                         help="files, folders, bags, synthetic: realtime drops frames as a robot would; lossless "
                              "answers every frame (default: realtime)")
-    parser.add_argument("--speed", type=float, default=1.0, help="realtime playback speed factor (default 1)")
-    parser.add_argument("--fps", type=float, help="frame rate of a folder (default 10) or the synthetic scene "
-                        "(default 30)")
+    parser.add_argument("--speed", type=positive_number, default=1.0, help="realtime playback speed factor (default 1)")
+    parser.add_argument("--fps", type=frame_rate, help="frame rate of a folder (default 10) or the synthetic scene "
+                        "(default 30), up to 1000")
     parser.add_argument("--size", default="320x240", metavar="WxH",
                         help=f"synthetic frame size, {MIN_SIDE} to {MAX_SIDE} pixels a side (default 320x240)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default 32)")

@@ -9,7 +9,16 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from edge_vlm.errors import EdgeVLMError
-from edge_vlm.stream.source import BadFrame, EndOfStream, FrameSource, Grabbed, SourceError, as_rgb8
+from edge_vlm.stream.source import (
+    MAX_FPS,
+    BadFrame,
+    EndOfStream,
+    FrameSource,
+    Grabbed,
+    SourceError,
+    as_rgb8,
+    check_positive,
+)
 
 # The synthetic scene's largest side (as `edge-vlm stream --size` says): one 8192x8192 RGB frame is 200 MB.
 MAX_SYNTHETIC_SIDE = 8192
@@ -28,8 +37,7 @@ class FolderSource(FrameSource):
             raise EdgeVLMError(f"image folder not found: {directory}" + (" (it is a file: give its folder, or "
                                                                          "video:PATH for a video)"
                                                                          if directory.is_file() else ""))
-        if fps <= 0:
-            raise EdgeVLMError(f"folder fps must be > 0, got {fps}")
+        fps = check_positive(fps, "folder fps", MAX_FPS)
         self.paths = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not self.paths:
             raise EdgeVLMError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {directory}")
@@ -98,8 +106,7 @@ class SyntheticSource(FrameSource):
 
     def __init__(self, fps: float = 30.0, size: tuple[int, int] = (320, 240), max_frames: int | None = None,
                  renderer=None, **kwargs):
-        if fps <= 0:
-            raise EdgeVLMError(f"synthetic fps must be > 0, got {fps}")
+        fps = check_positive(fps, "synthetic fps", MAX_FPS)
         if min(size) < 8 or max(size) > MAX_SYNTHETIC_SIDE:
             raise EdgeVLMError(f"synthetic frame size must be 8 to {MAX_SYNTHETIC_SIDE} pixels a side, got "
                                f"{size[0]}x{size[1]}")

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 from edge_vlm.engine import GenerationConfig, check_question
 from edge_vlm.errors import EdgeVLMError
-from edge_vlm.stream.source import EndOfStream, Frame, FrameSource
+from edge_vlm.stream.source import EndOfStream, Frame, FrameSource, check_positive
 from edge_vlm.stream.stats import RunStats
 
 # How long the loop blocks on the source before it looks at stop / duration again.
@@ -86,14 +86,14 @@ class StreamRunner:
                  duration_s: float | None = None,
                  on_result: Callable[[StreamResult], None] | None = None,
                  on_partial: Callable[[PartialText], None] | None = None):
-        if max_hz is not None and max_hz <= 0:
-            raise EdgeVLMError(f"max_hz must be > 0 (or unset for as fast as possible), got {max_hz}")
-        if max_age_ms is not None and max_age_ms <= 0:
-            raise EdgeVLMError(f"max_age_ms must be > 0, got {max_age_ms}")
+        if max_hz is not None:
+            max_hz = check_positive(max_hz, "max_hz (unset: as fast as possible)")
+        if max_age_ms is not None:
+            max_age_ms = check_positive(max_age_ms, "max_age_ms")
         if max_frames is not None and max_frames < 1:
             raise EdgeVLMError(f"max_frames must be >= 1, got {max_frames}")
-        if duration_s is not None and duration_s <= 0:
-            raise EdgeVLMError(f"duration must be > 0 s, got {duration_s}")
+        if duration_s is not None:
+            duration_s = check_positive(duration_s, "duration (seconds)")
         self.engine = engine
         self.source = source
         self.max_hz = max_hz

@@ -22,6 +22,7 @@ The base class does the rest, identically for all of them:
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -31,6 +32,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_vlm.errors import EdgeVLMError
+
+# The fastest a folder or the synthetic scene is played: beyond it the pacing is below a millisecond and the capture
+# thread only burns a core drawing frames nobody looks at (edge-vlm's --fps takes the same bound).
+MAX_FPS = 1000.0
+
+
+def check_positive(value, what: str, maximum: float | None = None) -> float:
+    """`value` as a finite number > 0 (and <= `maximum`), else one line naming `what`. `value <= 0` alone lets NaN
+    through (every comparison with NaN is false), which then disables the limit it sets or stalls the loop."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise EdgeVLMError(f"{what} must be a finite number > 0, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise EdgeVLMError(f"{what} must be at most {maximum:g}, got {value!r}")
+    return float(value)
 
 
 class EndOfStream(Exception):
@@ -128,11 +143,9 @@ class FrameSource:
         if playback == "lossless" and self.live:
             raise EdgeVLMError(f"{name} is a live source: lossless playback is only for files, folders, bags and "
                                "the synthetic scene")
-        if speed <= 0:
-            raise EdgeVLMError(f"playback speed must be > 0, got {speed}")
         self.name = name
         self.playback = playback
-        self.speed = speed
+        self.speed = check_positive(speed, "playback speed")
         self.reconnect = reconnect or ReconnectPolicy(max_retries=None if self.live else 3)
         self.on_event = on_event
         self.on_frame = on_frame  # called in the capture thread for every frame (e.g. a recorder's tap)
