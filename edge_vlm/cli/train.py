@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.eval_limit is not None and args.eval_limit < 1:
         raise EdgeVLMError(f"--eval-limit must be >= 1, got {args.eval_limit}")
     _check_plan(plan, steps, args.config)
+    _check_resume(plan, args.resume)
     from edge_vlm.train.loop import FINAL_DIR, train
 
     main_process = os.environ.get("RANK", "0") == "0"
@@ -145,6 +146,29 @@ def _check_plan(plan, steps: dict, source: str) -> None:
         check(steps["evaluate"]["eval_file"], "evaluate eval_file")
     for config in plan:
         check_output_folder(config.output_dir, "training run")
+
+
+def _check_resume(plan, resume) -> None:
+    """`--resume` (without a checkpoint path) where no stage of the run has a checkpoint or a final/ folder: there is
+    nothing to continue, and starting over silently would hide a wrong output_dir. A single run that finished
+    (final/ and no checkpoint to go back to) has nothing to resume either."""
+    from pathlib import Path
+
+    from edge_vlm.errors import EdgeVLMError
+    from edge_vlm.train.state import latest_checkpoint
+
+    if resume is not True:
+        return
+    runs = [Path(config.output_dir) for config in plan]
+    where = runs[0] if len(runs) == 1 else runs[0].parent
+    checkpoints = [latest_checkpoint(run) is not None for run in runs]
+    finished = [(run / "final").is_dir() for run in runs]
+    if not any(checkpoints) and not any(finished):
+        raise EdgeVLMError(f"--resume: nothing to resume in {where} (no training checkpoint or finished stage there): "
+                           "check output_dir, or start without --resume")
+    if len(runs) == 1 and finished[0] and not checkpoints[0]:
+        raise EdgeVLMError(f"--resume: nothing to resume in {where}: its run finished (final/ is there, no "
+                           "checkpoint to continue from); pass --overwrite to train it again")
 
 
 def _with_pretrained_vision(first, options: dict, source: str):

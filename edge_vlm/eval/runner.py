@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_vlm.engine import GenerationConfig, answer
+from edge_vlm.engine import NON_FINITE_OUTPUT, GenerationConfig, answer
 from edge_vlm.errors import EdgeVLMError
 from edge_vlm.eval.benchmarks import Benchmark, Dataset, EvalItem, get_benchmark
 from edge_vlm.eval.benchmarks.base import answer_key, read_jsonl, write_json_atomic, write_text_atomic
@@ -66,16 +66,23 @@ class EvalResult:
 
 
 class AnswerStore:
-    """answers.jsonl: one LLaVA answer record per line, appended and flushed as produced (or memory only)."""
+    """answers.jsonl: one LLaVA answer record per line, appended and flushed as produced (or memory only).
 
-    def __init__(self, path: Path | None):
+    Nothing is written before the first answer: `before_first()` runs then (it records run.json), and with
+    `discard` (--overwrite) the earlier answers are replaced only then, so a run that fails before answering anything
+    (a damaged model) leaves the folder as it was."""
+
+    def __init__(self, path: Path | None, before_first=None, discard: bool = False):
         self.path = path
         self.handle = None
+        self.before_first = before_first
+        self.discard = discard
+        self.count = 0  # answers appended by this run
 
     def load(self) -> dict[str, dict]:
         """Answers already on disk, keyed like EvalItem.key. A torn last line (a run killed mid-write) is dropped
         and the file rewritten without it, so later appends start on a clean line."""
-        if self.path is None or not self.path.is_file():
+        if self.path is None or self.discard or not self.path.is_file():
             return {}
         # Our own file, but a crash or a disk can damage it: undecodable bytes and lines that are not answer
         # records are dropped like a torn line (those questions are asked again).
@@ -100,10 +107,16 @@ class AnswerStore:
         if self.path is None:
             return
         if self.handle is None:
+            if self.before_first is not None:
+                self.before_first()
+                self.before_first = None
             check_output_parent(self.path, "answers file")
-            self.handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open across answers
+            # kept open across answers
+            self.handle = open(self.path, "w" if self.discard else "a", encoding="utf-8")  # noqa: SIM115
+            self.discard = False
         self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         self.handle.flush()
+        self.count += 1
 
     def close(self) -> None:
         if self.handle is not None:
@@ -172,11 +185,10 @@ def check_results_folder(folder: Path) -> None:
 
 
 def _check_run(out_dir: Path, run: dict, overwrite: bool) -> None:
-    """Refuse to mix answers of different models or settings in one answers file."""
+    """Refuse to mix answers of different models or settings in one answers file (run.json is written with the
+    first new answer: see AnswerStore)."""
     run_path = out_dir / RUN_FILE
-    if overwrite:
-        (out_dir / ANSWERS).unlink(missing_ok=True)
-    elif run_path.is_file() and (out_dir / ANSWERS).is_file():
+    if not overwrite and run_path.is_file() and (out_dir / ANSWERS).is_file():
         try:
             previous = json.loads(run_path.read_bytes())
         except (OSError, ValueError):  # damaged: nothing is known about the answers, so they count as another run's
@@ -191,7 +203,6 @@ def _check_run(out_dir: Path, run: dict, overwrite: bool) -> None:
                 f"{out_dir} holds answers from another run ({detail}); pass --overwrite to discard them or use "
                 "another --out"
             )
-    write_json_atomic(run_path, run, indent=2)
 
 
 def evaluate(engine, benchmark: str | Benchmark, data_dir, *, out_dir: str | Path | None = None,
@@ -214,13 +225,16 @@ def evaluate(engine, benchmark: str | Benchmark, data_dir, *, out_dir: str | Pat
     wanted_aspect = resolve_aspect(bench, aspect)
 
     out = Path(out_dir) if out_dir is not None else None
+    record_run = None
     if out is not None:
-        check_results_folder(out)
-        check_output_parent(out / ANSWERS, "answers file")
+        check_results_folder(out)  # proven writable; created with the first answer (nothing if none comes)
         run = {"benchmark": bench.name, "source": source or label, "question_file": str(dataset.question_file),
                "max_new_tokens": config.max_new_tokens, "aspect": wanted_aspect or "model"}
         _check_run(out, run, overwrite)
-    store = AnswerStore(out / ANSWERS if out is not None else None)
+
+        def record_run():
+            write_json_atomic(out / RUN_FILE, run, indent=2)
+    store = AnswerStore(out / ANSWERS if out is not None else None, before_first=record_run, discard=overwrite)
     known = store.load()
     keys = {item.key for item in items}
     resumed = sum(key in known for key in keys)
@@ -230,6 +244,10 @@ def evaluate(engine, benchmark: str | Benchmark, data_dir, *, out_dir: str | Pat
     try:
         with preprocessing_aspect(engine, wanted_aspect):
             prepared_count, failed = _answer_all(engine, bench, todo, config, store, known, label, progress)
+    except _DamagedModel as exc:
+        kept = f"; the {store.count} answers given before it are kept in {out}" if store.count else ""
+        raise EdgeVLMError(f"cannot evaluate {source or label}: {exc} (question {exc.question_id}); evaluation "
+                           f"stopped, no scores written{kept}") from None
     finally:
         store.close()
     seconds = time.perf_counter() - start
@@ -242,6 +260,8 @@ def evaluate(engine, benchmark: str | Benchmark, data_dir, *, out_dir: str | Pat
     result = EvalResult(bench.name, label, scores, bench.headline if scores else None, len(items), len(todo),
                         resumed, prepared_count, seconds, out, answers=answers)
     if out is not None:
+        if store.before_first is not None:  # nothing new was answered: run.json is still recorded
+            store.before_first()
         merged = "".join(json.dumps(answers[item.key], ensure_ascii=False) + "\n" for item in items
                          if item.key in answers)
         result.files.append(write_text_atomic(out / MERGED, merged))
@@ -270,6 +290,8 @@ def _answer_all(engine, bench: Benchmark, todo: list[EvalItem], config: Generati
                 try:
                     text = answer(engine, prepared, item.prompt, config=config)
                 except EdgeVLMError as exc:  # e.g. a prompt longer than the model's context: wrong, not fatal
+                    if NON_FINITE_OUTPUT in str(exc):  # a damaged model, not a bad question: no score means 0
+                        raise _DamagedModel(str(exc), item.question_id) from None
                     text, metadata = "", {"error": str(exc)}
                     failed.append(f"{item.question_id}: {exc}")
                 record = {"question_id": item.question_id, "prompt": item.record_prompt, "text": text,
@@ -280,6 +302,15 @@ def _answer_all(engine, bench: Benchmark, todo: list[EvalItem], config: Generati
                 known[item.key] = record
                 bar.update(1)
     return prepared_count, failed
+
+
+class _DamagedModel(Exception):
+    """The model's output held NaN or infinity (edge_vlm.engine.NON_FINITE_OUTPUT): every later question would fail
+    the same way, and scoring the empty answers would report a damaged model as one that is merely wrong."""
+
+    def __init__(self, message: str, question_id):
+        super().__init__(message)
+        self.question_id = question_id
 
 
 def score_answer_file(benchmark: str | Benchmark, data_dir, answers_file: str | Path, *,

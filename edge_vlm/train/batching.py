@@ -29,6 +29,8 @@ def build_dataset(config: TrainConfig, tokenizer: TextTokenizer, num_image_token
 
     path = Path(config.data_path)
     samples = read_sharegpt(path) if config.fmt == "sharegpt" else read_llava_json(path)
+    if not samples:  # one line: a validation report of zero samples would say nothing more
+        raise EdgeVLMError(f"{path} holds no sample: nothing to train on (data_path)")
     image_root = Path(config.image_root) if config.image_root else path.parent
     kept, _ = validate(samples, stage=config.stage, image_root=image_root, tokenizer=tokenizer,
                        num_image_tokens=num_image_tokens, context_length=context_length,

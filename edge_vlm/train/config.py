@@ -61,6 +61,8 @@ _FLOAT_RANGES = {
     "lr": (0, None, True, False), "eps": (0, None, True, False), "weight_decay": (0, None, False, False),
     "max_grad_norm": (0, None, False, False), "warmup_ratio": (0, 1, False, True), "lora_dropout": (0, 1, False, True),
 }
+# Keys holding a path: an empty string is refused (it would mean the current folder).
+_PATH_KEYS = ("output_dir", "data_path", "image_root", "init_from", "tokenizer")
 # A stage's name is a folder under the plan's output_dir.
 _STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -227,6 +229,10 @@ class TrainConfig:
             raise EdgeVLMError("LoRA / QLoRA adapt a trained base: set init_from to a checkpoint dir")
         if not self.data_path:
             raise EdgeVLMError("data_path is not set: give the training data file (--data_path FILE)")
+        for key in _PATH_KEYS:  # '' would silently mean the current folder
+            value = getattr(self, key)
+            if value is not None and not str(value).strip():
+                raise ConfigError(key, f"{key} is an empty path: give a folder or file path")
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict:

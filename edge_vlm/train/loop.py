@@ -165,9 +165,12 @@ def train(config: TrainConfig, dataset=None, resume: bool | str | None = False, 
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     global_step, epoch, step_in_epoch, order, losses = 0, 0, 0, None, []
+    # Supervised tokens trained on so far (every process sees the global count); None: unknown (a checkpoint of an
+    # older version). Zero at the end of an epoch or of the run means every sample was skipped: see _check_learned.
+    trained_tokens: int | None = 0
     step_rng = ckpt.rng_state()
     if resume_dir is not None:
-        global_step, epoch, step_in_epoch, order, losses = _restore(
+        global_step, epoch, step_in_epoch, order, losses, trained_tokens = _restore(
             accelerator, resume_dir, config, model, optimizer, scheduler, trainable_names, sharded, len(dataset))
         say(f"resumed from {resume_dir} at step {global_step} (epoch {epoch}, step {step_in_epoch} of the epoch)")
     elif main:
@@ -184,7 +187,7 @@ def train(config: TrainConfig, dataset=None, resume: bool | str | None = False, 
         next_epoch, next_step, next_order = position
         trainer_state = {"global_step": global_step, "epoch": next_epoch, "step_in_epoch": next_step,
                          "total_steps": total_steps, "losses": losses, "config": _fingerprint(config),
-                         "world_size": world}
+                         "world_size": world, "trained_tokens": trained_tokens}
         _save(accelerator, out, global_step, model, optimizer, scheduler, trainer_state, next_order, step_rng,
               trainable_names, sharded)
         if main:
@@ -216,6 +219,8 @@ def train(config: TrainConfig, dataset=None, resume: bool | str | None = False, 
                     raise EdgeVLMError(_divergence_message(global_step + 1, diverged.what, out, config)) from None
                 global_step += 1
                 losses.append(loss)
+                if trained_tokens is not None:
+                    trained_tokens += tokens
                 elapsed = time.perf_counter() - started
                 samples = len(plan.global_batch_indices(order, step))
                 lr = scheduler.get_last_lr()[0]
@@ -227,7 +232,8 @@ def train(config: TrainConfig, dataset=None, resume: bool | str | None = False, 
                 bar.update(1)
                 if step + 1 < plan.steps_per_epoch:
                     position = (epoch, step + 1, order)
-                else:
+                else:  # a whole epoch saw every sample: if none could be used, later epochs cannot use one either
+                    _check_learned(trained_tokens, global_step, out, config)
                     position = (epoch + 1, 0, plan.epoch_order(epoch + 1))
                 step_rng = ckpt.rng_state()
                 if config.save_every_steps and global_step % config.save_every_steps == 0 and global_step < total_steps:
@@ -248,6 +254,7 @@ def train(config: TrainConfig, dataset=None, resume: bool | str | None = False, 
         if log is not None:
             log.close()
 
+    _check_learned(trained_tokens, global_step, out, config)
     _check_weights(accelerator, model, trainable_names, global_step, out, config)
     final = _save_final(accelerator, config, model, tokenizer, meta, image_size, out, sharded)
     if main and config.plot:
@@ -332,6 +339,16 @@ def _divergence_message(step: int, what: str, out: Path, config: TrainConfig) ->
             f"{kept}. Lower lr ({config.lr:g}) or add warmup, and start again in a new output_dir")
 
 
+def _check_learned(trained_tokens: int | None, global_step: int, out: Path, config: TrainConfig) -> None:
+    """Skipping bad samples (on_bad_sample: skip) must not hide that nothing was learned: when the run's steps held
+    not one supervised token (every picture unreadable, say), there is no final/ checkpoint and the run fails."""
+    if trained_tokens == 0 and global_step > 0:
+        raise EdgeVLMError(
+            f"nothing was learned: every sample the run's {global_step} step(s) drew from {config.data_path} was "
+            f"skipped (see the 'skipped sample' lines above), so no final/ checkpoint was written in {out}; "
+            "`edge-vlm data validate` names every unreadable picture")
+
+
 def _check_weights(accelerator, model, names: list[str], global_step: int, out: Path, config: TrainConfig) -> None:
     """Refuse to save weights holding NaN / inf (a step whose loss was finite can still leave them so)."""
     params = dict(accelerator.unwrap_model(model).named_parameters())
@@ -407,8 +424,9 @@ def _restore(accelerator, directory: Path, config: TrainConfig, model, optimizer
         scheduler.load_state_dict(saved["scheduler"])
     rng = saved["rng_per_process"]
     ckpt.set_rng_state(rng[accelerator.process_index % len(rng)])
+    tokens = info.get("trained_tokens")
     return (int(info["global_step"]), int(info["epoch"]), int(info["step_in_epoch"]), saved["sample_order"],
-            list(info.get("losses", [])))
+            list(info.get("losses", [])), int(tokens) if isinstance(tokens, (int, float)) else None)
 
 
 def _save_final(accelerator, config: TrainConfig, model, tokenizer, meta, image_size: int, out: Path,
