@@ -9,10 +9,10 @@ tokenizer. Torch-free.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_vlm.configfile import parse_json, read_text_file
 from edge_vlm.errors import EdgeVLMError
 from edge_vlm.prompting import IMAGE_PLACEHOLDER
 
@@ -52,27 +52,20 @@ class Sample:
 
 
 def _load_records(path: str | Path) -> list:
+    """The records of a .json list or a .jsonl file. Read through configfile (a FIFO or a device is refused before it
+    is opened, a file over MAX_TEXT_BYTES before it is read) and parsed as strict JSON: every problem is one line
+    naming the file and, where known, the line."""
     path = Path(path)
-    if not path.exists():
-        raise EdgeVLMError(f"data file not found: {path}")
-    if path.is_dir():
-        raise EdgeVLMError(f"expected a .json or .jsonl data file but got a directory: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_text_file(path, "data file", kind="JSON")
     if path.suffix == ".jsonl":
-        records = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise EdgeVLMError(f"{path}: line {number} is not valid JSON ({exc.msg}); fix or remove it") from exc
-        return records
+        return [parse_json(line, path, "data file", first_line=number)
+                for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise EdgeVLMError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); "
-                           "a file with one record a line must be named .jsonl") from exc
+        data = parse_json(text, path, "data file")
+    except EdgeVLMError as exc:
+        if "Extra data" not in str(exc):  # what json says after the first of several records, one a line
+            raise
+        raise EdgeVLMError(f"{exc}; a file with one record a line must be named .jsonl") from exc
     if not isinstance(data, list):
         raise EdgeVLMError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     return data

@@ -20,11 +20,13 @@ import hashlib
 import json
 import os
 import random
+import shlex
 from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
 
+from edge_vlm.data import MAX_SAMPLES
 from edge_vlm.data.questions import (
     CAPTION_INSTRUCTIONS,
     MC_BASES,
@@ -50,6 +52,7 @@ from edge_vlm.data.scene import (
     moving_scene_frame,
     sample_scene,
 )
+from edge_vlm.engine import MAX_SEED
 from edge_vlm.errors import EdgeVLMError
 from edge_vlm.fileio import atomic_dir, is_empty_dir
 from edge_vlm.prompting import IMAGE_PLACEHOLDER
@@ -186,6 +189,49 @@ def _check_out(out: Path, force: bool) -> None:
                            "(--force replaces only an earlier world)")
 
 
+def _check_counts(seed: int, counts: dict[str, int]) -> None:
+    """Every count (by its flag) from 0 (--train from 1) to MAX_SAMPLES and the seed from 0 to MAX_SEED, before
+    anything is drawn: a typo must not start hours of drawing that end with a full disk."""
+    if not 0 <= seed <= MAX_SEED:
+        raise EdgeVLMError(f"--seed must be 0 to {MAX_SEED} (2**32-1), got {seed}")
+    for flag, value in counts.items():
+        least = 1 if flag == "--train" else 0
+        if not least <= value <= MAX_SAMPLES:
+            raise EdgeVLMError(f"{flag} must be {least} to {MAX_SAMPLES:,}, got {value}")
+
+
+def _check_out_path(out: str | Path) -> Path:
+    """--out must name a new folder (or one to replace): '' would mean the current folder, and the world is written
+    beside --out and renamed into its place, which cannot work for the current folder or a folder above it."""
+    if not str(out).strip():
+        raise EdgeVLMError("--out is empty: give the path of a directory to create, e.g. --out world")
+    path = Path(out)
+    try:
+        here, there = Path.cwd().resolve(), path.resolve()
+    except (OSError, RuntimeError) as exc:  # the current folder was removed; a symlink loop
+        raise EdgeVLMError(f"cannot use --out {out}: {getattr(exc, 'strerror', None) or exc}") from exc
+    if there == here or there in here.parents:
+        raise EdgeVLMError(f"--out {out} is the current folder or a folder above it: give the path of a new "
+                           "directory to create, e.g. --out world")
+    if path.name == "..":  # the folder would be created under another name than the one given
+        raise EdgeVLMError(f"--out {out} ends in '..': give the path of the directory to create itself")
+    return path
+
+
+def shell_command(argv: list[str]) -> str:
+    """`argv` as one line a shell runs again (world.json's "command"). An argument that is not UTF-8 (a Linux path is
+    bytes; Python keeps the other bytes as surrogates, which no UTF-8 file can hold) is written as bash's $'\\xNN'."""
+    return " ".join(_shell_word(word) for word in argv)
+
+
+def _shell_word(word: str) -> str:
+    raw = os.fsencode(word)
+    try:
+        return shlex.quote(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "$'" + "".join(chr(b) if 0x20 <= b < 0x7F and b not in b"'\\" else f"\\x{b:02x}" for b in raw) + "'"
+
+
 def is_world(path: Path) -> bool:
     """Whether `path` holds a world this generator wrote (its world.json manifest): only such a folder (or an empty
     one) may be replaced with --force."""
@@ -213,20 +259,19 @@ def write_world(out: str | Path, seed: int = 0, train: int = 10_000, eval_size: 
         raise EdgeVLMError(f"extra_questions must be >= 0, got {extra_questions}")
     if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
         raise EdgeVLMError(f"--image-size must be {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels, got {image_size}")
-    if train < 1 or eval_size < 0:
-        raise EdgeVLMError(f"need --train >= 1 and --eval >= 0 (got {train}, {eval_size})")
-    spec = spec or WorldSpec()
     sft = train // 5 if sft is None else sft
     text_only = train // 10 if text_only is None else text_only
-    out = Path(out)
+    _check_counts(seed, {"--train": train, "--eval": eval_size, "--sft": sft, "--text-only": text_only})
+    spec = spec or WorldSpec()
+    out = _check_out_path(out)
     _check_out(out, force)
     # Written into a temp folder beside `out` that takes its place only when complete: an error or Ctrl-C leaves
     # nothing behind, and --force replaces only an earlier world or an empty folder, never a user's folder.
     with atomic_dir(out, force=force or is_empty_dir(out), replaceable=is_world, what="synthetic world") as tmp:
         manifest = _write(tmp, seed, train, eval_size, sft, text_only, image_size, spec,
                           extra_questions, caption_counts, progress)
-        manifest["command"] = command or (f"edge-vlm data synth --out {out} --seed {seed} --train {train} "
-                                          f"--eval {eval_size} --sft {sft} --text-only {text_only} "
+        manifest["command"] = command or (f"edge-vlm data synth --out {_shell_word(str(out))} --seed {seed} "
+                                          f"--train {train} --eval {eval_size} --sft {sft} --text-only {text_only} "
                                           f"--image-size {image_size}"
                                           + (f" --extra-questions {extra_questions}" if extra_questions else "")
                                           + (" --caption-counts" if caption_counts else ""))

@@ -104,7 +104,14 @@ def test_bad_files_raise_a_clear_error(tmp_path, content, message):
 def test_bad_jsonl_line_and_directory(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"id": 1, "conversations": []}\n{oops\n')
-    with pytest.raises(EdgeVLMError, match="line 2"):
+    with pytest.raises(EdgeVLMError, match=r"d\.jsonl:2:2: Expecting property name"):  # line 2, column 2
         read_llava_json(path)
-    with pytest.raises(EdgeVLMError, match="directory"):
+    with pytest.raises(EdgeVLMError, match="is not a regular file but a directory"):
         read_sharegpt(tmp_path)
+
+
+def test_records_one_a_line_in_a_json_file_get_the_hint(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text('{"id": 1, "conversations": []}\n{"id": 2, "conversations": []}\n')
+    with pytest.raises(EdgeVLMError, match=r"d\.json:2:1: Extra data .* must be named \.jsonl"):
+        read_llava_json(path)
