@@ -221,9 +221,9 @@ _MAX_CONFIG_SIZE = 10_000_000
 
 
 def check_model_config(config_path: Path) -> dict:
-    """A checkpoint's config.json, read without transformers: a LLaVA config whose shapes are whole numbers in a sane
-    range, widths divisible by their head counts and finite rope settings. transformers itself would end a damaged
-    value in a traceback from deep inside the model (a division by zero, a strict-dataclass error) or an allocation."""
+    """A checkpoint's config.json, read without transformers' config classes: a LLaVA config whose values pass
+    check_config_values. transformers itself would end a damaged value in a traceback from deep inside the model (a
+    division by zero, a strict-dataclass error) or an allocation."""
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -237,25 +237,55 @@ def check_model_config(config_path: Path) -> dict:
     for section in ("text_config", "vision_config"):
         if not isinstance(config.get(section), dict):
             raise EdgeVLMError(f"{config_path} has no {section} object")
+    check_config_values(config, config_path)
+    return config
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_config_values(config: dict, where, names: dict[str, str] | None = None) -> None:
+    """The rules for the values of a LLaVA config ({"text_config": {...}, "vision_config": {...}}): shapes are whole
+    numbers in a sane range, widths divisible by their head counts, known activations, finite rope settings and norm
+    epsilons. No value is coerced: a string where a number belongs is refused. `where` names the file in messages;
+    `names` how it spells each section's keys (`edge-vlm convert` checks a released config, which keeps Phi's keys at
+    the top level, with these same rules)."""
+    from transformers.activations import ACT2FN
+
+    names = names or {"text_config": "text_config.", "vision_config": "vision_config."}
     for section, key, least in _CONFIG_SIZES:
         value = config[section].get(key)
         if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= _MAX_CONFIG_SIZE:
-            raise EdgeVLMError(f"{config_path}: {section}.{key} is {value!r}, not a whole number from {least} to "
+            shown = "missing" if key not in config[section] else repr(value)
+            raise EdgeVLMError(f"{where}: {names[section]}{key} is {shown}, not a whole number from {least} to "
                                f"{_MAX_CONFIG_SIZE:,}")
     for section in ("text_config", "vision_config"):
-        width, heads = config[section]["hidden_size"], config[section]["num_attention_heads"]
+        values, label = config[section], names[section]
+        width, heads = values["hidden_size"], values["num_attention_heads"]
         if width % heads:
-            raise EdgeVLMError(f"{config_path}: {section}.hidden_size {width} is not divisible by its "
-                               f"{heads} attention heads")
-    text = config["text_config"]
+            raise EdgeVLMError(f"{where}: {label}hidden_size {width} is not divisible by its {heads} attention heads")
+        act = values.get("hidden_act", "gelu_new" if section == "text_config" else "quick_gelu")
+        if not isinstance(act, str) or act not in ACT2FN:
+            raise EdgeVLMError(f"{where}: {label}hidden_act is {act!r}, not an activation transformers knows")
+        eps = values.get("layer_norm_eps", 1e-5)
+        if not (isinstance(eps, float) and 0 < eps < float("inf")):
+            raise EdgeVLMError(f"{where}: {label}layer_norm_eps is {eps!r}, not a positive finite decimal number")
+    text, label = config["text_config"], names["text_config"]
+    kv_heads = text.get("num_key_value_heads")  # None: as many as the attention heads
+    if kv_heads is not None and (isinstance(kv_heads, bool) or not isinstance(kv_heads, int) or kv_heads < 1
+                                 or text["num_attention_heads"] % kv_heads):
+        raise EdgeVLMError(f"{where}: {label}num_key_value_heads is {kv_heads!r}, not a whole number that divides "
+                           f"the {text['num_attention_heads']} attention heads")
+    if not isinstance(text.get("rope_parameters") or {}, dict):
+        raise EdgeVLMError(f"{where}: {label}rope_parameters is {text['rope_parameters']!r}, not an object")
     rope = {**(text.get("rope_parameters") or {}), **{k: text[k] for k in ("rope_theta", "partial_rotary_factor")
                                                       if k in text}}
     theta, factor = rope.get("rope_theta", 10000.0), rope.get("partial_rotary_factor", 0.5)
-    if not (isinstance(theta, (int, float)) and 0 < theta < float("inf")):
-        raise EdgeVLMError(f"{config_path}: rope_theta is {theta!r}, not a positive finite number")
-    if not (isinstance(factor, (int, float)) and 0 < factor <= 1):
-        raise EdgeVLMError(f"{config_path}: partial_rotary_factor is {factor!r}, not in (0, 1]")
-    return config
+    if not (_is_number(theta) and 0 < theta < float("inf")):
+        raise EdgeVLMError(f"{where}: rope_theta is {theta!r}, not a positive finite number")
+    if not (_is_number(factor) and 0 < factor <= 1):
+        raise EdgeVLMError(f"{where}: partial_rotary_factor is {factor!r}, not in (0, 1]")
 
 
 def is_checkpoint_dir(path: Path) -> bool:
@@ -351,10 +381,12 @@ def refuse_partial_load(path: Path, info: dict) -> None:
 
 def refuse_non_finite(path: Path, model) -> None:
     """A NaN or infinity anywhere in the weights is damage (a diverged run, a bad copy): refuse it by name, before a
-    question is asked. One pass over the weights: about a second for the full-size model."""
+    question is asked. One pass over the weights: about a second for the full-size model. `model`: a model, or a
+    dict of tensors (a weight file's, named as the file names them)."""
     import torch
 
-    for name, tensor in model.state_dict().items():
+    tensors = model if isinstance(model, dict) else model.state_dict()
+    for name, tensor in tensors.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise EdgeVLMError(f"{path}: the weight {name} holds NaN or infinity; the checkpoint is damaged")
 

@@ -22,7 +22,15 @@ import torch
 from edge_vlm.errors import EdgeVLMError
 from edge_vlm.fileio import atomic_dir
 from edge_vlm.imaging import ImageConfig
-from edge_vlm.model.checkpoint import CheckpointMeta, is_checkpoint_dir, read_index, read_tensors, write_checkpoint
+from edge_vlm.model.checkpoint import (
+    CheckpointMeta,
+    check_config_values,
+    is_checkpoint_dir,
+    read_index,
+    read_tensors,
+    refuse_non_finite,
+    write_checkpoint,
+)
 from edge_vlm.model.modeling import LlavaPhiForConditionalGeneration, make_config
 from edge_vlm.tokenizer import TextTokenizer
 
@@ -50,29 +58,110 @@ def read_lp_config(directory: Path) -> dict:
     vision = config.get("vision_config")
     if not isinstance(vision, dict) or not isinstance(vision.get("vision_tower"), dict):
         raise EdgeVLMError(f"{path}: no vision_config.vision_tower section (LP layout expected)")
-    if not isinstance(vision.get("mm_projector", {}), dict):
-        raise EdgeVLMError(f"{path}: vision_config.mm_projector is not a section")
+    if not isinstance(vision.get("mm_projector"), dict):  # LLaVA-Phi builds its projector from this section
+        raise EdgeVLMError(f"{path}: no vision_config.mm_projector section (LP layout expected)")
     return config
 
 
-def lp_spec(config: dict) -> dict:
-    """A preset-style dict (see presets.py) from an LP config.json."""
-    tower = config["vision_config"]["vision_tower"]
-    projector = config["vision_config"].get("mm_projector", {})
-    if tower.get("mm_vision_select_layer", -2) != -2 or tower.get("mm_vision_select_feature", "patch") != "patch":
-        raise EdgeVLMError("only mm_vision_select_layer -2 with 'patch' features is supported (LLaVA-Phi's setting)")
-    if projector.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
-        raise EdgeVLMError(f"projector type {projector.get('mm_projector_type')!r} is not supported (mlp2x_gelu only)")
-    vision = {k: tower[k] for k in _VISION_KEYS if k in tower}
-    text = {k: config[k] for k in _TEXT_KEYS if k in config}
-    # transformers 4.36 wrote the rope settings at the top level, 5.x inside rope_parameters. Carry them explicitly:
-    # a lost partial_rotary_factor silently falls back to 0.5 and the logits drift.
-    rope = config.get("rope_parameters") or {}
-    text["partial_rotary_factor"] = config.get("partial_rotary_factor", rope.get("partial_rotary_factor", 0.4))
-    text["rope_theta"] = config.get("rope_theta", rope.get("rope_theta", 10000.0))
+# How an LP config.json spells the keys of each section, for messages: Phi's keys sit at the top level.
+_LP_NAMES = {"text_config": "", "vision_config": "vision_config.vision_tower."}
+# LLaVA-Phi's preprocessing modes ('pad': expand2square first; 'square': CLIP's resize and centre crop only).
+LP_ASPECTS = ("pad", "square")
+
+
+_MISSING = object()
+
+
+def _refuse(path: Path, key: str, value, wanted: str, missing: str = ""):
+    shown = f"missing{missing}" if value is _MISSING else repr(value)
+    raise EdgeVLMError(f"{path}: {key} is {shown}; {wanted}")
+
+
+def lp_aspect(config: dict, path: Path) -> str:
+    """The preprocessing mode. LLaVA-Phi pads only for 'pad' and reads a missing key (None) as CLIP's plain
+    processing, which is edge-vlm's 'square'; any other value (LLaVA-NeXT's 'anyres'...) is another model's."""
+    aspect = config.get("image_aspect_ratio")
+    if aspect is None:
+        return "square"
+    if aspect not in LP_ASPECTS:
+        _refuse(path, "image_aspect_ratio", aspect, f"accepted: {', '.join(map(repr, LP_ASPECTS))} (LLaVA-Phi's "
+                "preprocessing modes; other values belong to other models)")
+    return aspect
+
+
+def check_lp_settings(config: dict, path: Path) -> None:
+    """The keys check_config_values does not cover, read with LLaVA-Phi's defaults for a missing one: each must be
+    a value edge-vlm's model reproduces exactly, else it is refused (never silently changed)."""
+    _check_lp_vision(config, path)
+    _check_lp_text(config, path)
+
+
+def _check_lp_vision(config: dict, path: Path) -> None:
+    tower, projector = config["vision_config"]["vision_tower"], config["vision_config"]["mm_projector"]
+    layers = tower["num_hidden_layers"]
+    # hidden_states has layers + 1 entries: -2 and layers - 1 name the same, second-to-last one
+    layer = tower.get("mm_vision_select_layer", -2)
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer not in (-2, layers - 1):
+        _refuse(path, "vision_config.vision_tower.mm_vision_select_layer", layer,
+                "edge-vlm takes the features of the second-to-last CLIP layer only (-2, LLaVA-Phi's setting)")
+    feature = tower.get("mm_vision_select_feature", "patch")
+    if feature != "patch":
+        _refuse(path, "vision_config.vision_tower.mm_vision_select_feature", feature,
+                "edge-vlm takes the patch features without CLS only ('patch', LLaVA-Phi's setting)")
+    kind = projector.get("mm_projector_type", _MISSING)
+    if kind != "mlp2x_gelu":
+        _refuse(path, "vision_config.mm_projector.mm_projector_type", kind,
+                "edge-vlm implements the two-layer GELU projector 'mlp2x_gelu' only", " (LLaVA-Phi reads 'linear')")
+    # The projector's widths repeat the tower's and Phi's (LLaVA-Phi builds the layers from them): one that
+    # contradicts them describes other weights. Missing, the weights' shapes are checked against config.json anyway.
+    for key, wanted in (("mm_hidden_size", tower["hidden_size"]), ("hidden_size", config["hidden_size"])):
+        value = projector.get(key, wanted)
+        if type(value) is not int or value != wanted:
+            _refuse(path, f"vision_config.mm_projector.{key}", value,
+                    f"the projector must map the vision tower's width to Phi's ({wanted})")
+    if type(tower.get("num_channels", 3)) is not int or tower.get("num_channels", 3) != 3:
+        _refuse(path, "vision_config.vision_tower.num_channels", tower["num_channels"], "CLIP reads RGB images (3)")
+    dim = tower.get("projection_dim", 512)
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        _refuse(path, "vision_config.vision_tower.projection_dim", dim, "expected a whole number from 1")
+
+
+def _check_lp_text(config: dict, path: Path) -> None:
+    rope_type = (config.get("rope_parameters") or {}).get("rope_type", "default")
+    if config.get("rope_scaling") is not None or rope_type != "default":
+        scaling = config.get("rope_scaling")
+        _refuse(path, "rope_scaling" if scaling is not None else "rope_parameters.rope_type",
+                scaling if scaling is not None else rope_type, "edge-vlm implements Phi-2's unscaled rotary "
+                "embedding only (rope_scaling null)")
+    for key, allowed in (("mm_use_im_start_end", "edge-vlm's prompts do not wrap the image in <im_start> "
+                                                  "<im_end> tokens (false, LLaVA-Phi's setting)"),
+                         ("tie_word_embeddings", "Phi-2's output layer is its own (false)"),
+                         ("qk_layernorm", "Phi-2 has no q/k layer norms (false)")):
+        if config.get(key, False) is not False:
+            _refuse(path, key, config[key], allowed)
     for key in ("bos_token_id", "eos_token_id"):
-        if isinstance(config.get(key), int):
-            text[key] = config[key]
+        token = config.get(key)
+        if token is not None and (isinstance(token, bool) or not isinstance(token, int)
+                                  or not 0 <= token < config["vocab_size"]):
+            _refuse(path, key, token, f"expected a token id from 0 to {config['vocab_size'] - 1}, or null")
+
+
+def lp_spec(config: dict, path: Path) -> dict:
+    """A preset-style dict (see presets.py) from an LP config.json, checked first with the rules an edge-vlm
+    config.json is checked with (checkpoint.check_config_values), then with LLaVA-Phi's own settings."""
+    vision = {k: config["vision_config"]["vision_tower"][k] for k in _VISION_KEYS
+              if k in config["vision_config"]["vision_tower"]}
+    text = {k: config[k] for k in _TEXT_KEYS if k in config}
+    # transformers 4.36 wrote the rope settings at the top level, 5.x inside rope_parameters: both are read, and
+    # carried explicitly, since a lost partial_rotary_factor silently falls back to 0.5 and the logits drift.
+    text.update({k: config[k] for k in ("rope_parameters", "rope_theta", "partial_rotary_factor") if k in config})
+    check_config_values({"text_config": text, "vision_config": vision}, path, names=_LP_NAMES)
+    check_lp_settings(config, path)
+    rope = {**(text.pop("rope_parameters", None) or {}), **text}
+    # A missing key means what it meant to LLaVA-Phi: transformers 4.36 PhiConfig's defaults.
+    text["rope_theta"] = rope.get("rope_theta", 10000.0)
+    text["partial_rotary_factor"] = rope.get("partial_rotary_factor", 0.5)
+    text.update({k: config[k] for k in ("bos_token_id", "eos_token_id") if k in config})
     return {"vision": vision, "text": text, "image_token_id": None}
 
 
@@ -93,10 +182,13 @@ def weight_sources(directory: Path) -> list[tuple[Path, list[str] | None]]:
 
 
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a release; a missing shard is refused (weight_sources) before any tensor is read."""
+    """Every tensor of a release; a missing shard is refused (weight_sources) before any tensor is read, a NaN or
+    infinity anywhere as load_checkpoint refuses it."""
     state: dict[str, torch.Tensor] = {}
     for file, keys in weight_sources(directory):
-        state.update(read_tensors(file, keys))
+        tensors = read_tensors(file, keys)
+        refuse_non_finite(file, tensors)  # named as the file names it, before anything is written
+        state.update(tensors)
     return state
 
 
@@ -189,11 +281,13 @@ def convert_lp_checkpoint(src: str | Path, dst: str | Path, force: bool = False)
     if not src.is_dir():
         raise EdgeVLMError(f"source checkpoint directory not found: {src}")
     lp_config = read_lp_config(src)
+    spec = lp_spec(lp_config, src / "config.json")  # every value checked before anything is built or read
+    aspect = lp_aspect(lp_config, src / "config.json")
     tokenizer = load_lp_tokenizer(src)
-    try:
-        config = make_config(lp_spec(lp_config), image_token_id=tokenizer.image_token_id)
-    except (TypeError, ValueError, KeyError) as exc:  # a value of the wrong type or range in config.json
-        raise EdgeVLMError(f"{src / 'config.json'}: {exc}") from exc
+    if len(tokenizer) > spec["text"]["vocab_size"]:  # a token id past the embedding's rows has no vector
+        raise EdgeVLMError(f"{src}: the tokenizer (with <image>) has {len(tokenizer)} tokens, more than the "
+                           f"vocab_size {spec['text']['vocab_size']} of config.json")
+    config = make_config(spec, image_token_id=tokenizer.image_token_id)
     dst = Path(dst)
     if (dst.exists() or dst.is_symlink()) and not force:  # the common slip, refused before the slow reading
         raise EdgeVLMError(f"{dst} already exists; pass --force to replace it")
@@ -203,7 +297,6 @@ def convert_lp_checkpoint(src: str | Path, dst: str | Path, force: bool = False)
     check_against_model(state, expected, src)
     model = LlavaPhiForConditionalGeneration(config)
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    aspect = "pad" if lp_config.get("image_aspect_ratio", "pad") == "pad" else "square"
     image = ImageConfig(image_size=config.vision_config.image_size, aspect=aspect)
     # The folder's name only: a written file never records where the user keeps things.
     meta = CheckpointMeta(image=image, source=f"converted from LP checkpoint {src.resolve().name}")

@@ -243,3 +243,134 @@ def test_quantized_loading_refuses_a_missing_layer_too(refused, checkpoint, tmp_
     pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
     edit_tensors(checkpoint, TENSOR_DAMAGE["missing decoder layer"][0])
     refused("ask", "--model", checkpoint, "--load-in-8bit", "hi", match="14 tensors missing", watch=[tmp_path])
+
+
+# --- edge-vlm convert on a release whose config.json or weights hold a value edge-vlm cannot honour --------------
+# The expected messages name the key as LLaVA-Phi's config.json spells it (Phi's keys at the top level, CLIP's under
+# vision_config.vision_tower). The accepted values follow LLaVA-Phi's own code (llava_phi/mm_utils.py pads only for
+# 'pad'; clip_encoder.py takes hidden_states[mm_vision_select_layer] and drops CLS for 'patch'; ProjectorConfig's
+# default type is 'linear'; eval prompts wrap <image> in <im_start>/<im_end> when mm_use_im_start_end is true).
+
+_DROP = object()
+
+
+def _set(*where_key, value):
+    """An edit of the LP config dict: the value at the nested key path, or the key removed (_DROP)."""
+    def edit(config):
+        *parents, key = where_key
+        section = config
+        for name in parents:
+            section = section[name]
+        if value is _DROP:
+            del section[key]
+        else:
+            section[key] = value
+    return edit
+
+
+TOWER, PROJECTOR = ("vision_config", "vision_tower"), ("vision_config", "mm_projector")
+
+CONFIG_DAMAGE = {
+    # the sweep's cases: tracebacks from transformers / huggingface_hub before
+    "layers as a string": (_set("num_hidden_layers", value="2"), "num_hidden_layers is '2', not a whole number"),
+    "zero attention heads": (_set("num_attention_heads", value=0), "num_attention_heads is 0, not a whole number"),
+    "rotary factor NaN": (_set("partial_rotary_factor", value=float("nan")), "partial_rotary_factor is nan"),
+    "rotary factor as a string": (_set("partial_rotary_factor", value="0.4"), "partial_rotary_factor is '0.4'"),
+    "image size as a string": (_set(*TOWER, "image_size", value="56"),
+                               "vision_config.vision_tower.image_size is '56', not a whole number"),
+    # the same rules as an edge-vlm config.json
+    "vocab_size missing": (_set("vocab_size", value=_DROP), "vocab_size is missing"),
+    "vocab_size huge": (_set("vocab_size", value=10**12), "vocab_size is 1000000000000, not a whole number"),
+    "width not divisible by heads": (_set("num_attention_heads", value=3),
+                                     "hidden_size 160 is not divisible by its 3 attention heads"),
+    "vision width not divisible": (_set(*TOWER, "num_attention_heads", value=3),
+                                   "vision_config.vision_tower.hidden_size 64 is not divisible by its 3"),
+    "rope_theta infinite": (_set("rope_theta", value=float("inf")), "rope_theta is inf"),
+    "rotary factor above 1": (_set("partial_rotary_factor", value=1.5), "partial_rotary_factor is 1.5"),
+    "rotary factor true": (_set("partial_rotary_factor", value=True), "partial_rotary_factor is True"),
+    "rope_parameters a list": (_set("rope_parameters", value=[0.4]), "rope_parameters is [0.4], not an object"),
+    "norm epsilon as a string": (_set("layer_norm_eps", value="1e-05"), "layer_norm_eps is '1e-05'"),
+    "vision norm epsilon NaN": (_set(*TOWER, "layer_norm_eps", value=float("nan")),
+                                "vision_config.vision_tower.layer_norm_eps is nan"),
+    "unknown activation": (_set("hidden_act", value="gelu_neww"), "hidden_act is 'gelu_neww', not an activation"),
+    "zero key/value heads": (_set("num_key_value_heads", value=0), "num_key_value_heads is 0"),
+    # LLaVA-Phi's own settings: only what edge-vlm's model reproduces exactly
+    "LLaVA-NeXT anyres": (_set("image_aspect_ratio", value="anyres"),
+                          "image_aspect_ratio is 'anyres'; accepted: 'pad', 'square'"),
+    "aspect not a string": (_set("image_aspect_ratio", value=1), "image_aspect_ratio is 1; accepted: 'pad', 'square'"),
+    "linear projector": (_set(*PROJECTOR, "mm_projector_type", value="linear"), "mm_projector_type is 'linear'"),
+    "projector type missing": (_set(*PROJECTOR, "mm_projector_type", value=_DROP),
+                               "mm_projector_type is missing (LLaVA-Phi reads 'linear')"),
+    "projector section missing": (_set("vision_config", "mm_projector", value=_DROP),
+                                  "no vision_config.mm_projector section"),
+    "projector width contradicts": (_set(*PROJECTOR, "mm_hidden_size", value=1024),
+                                    "vision_config.mm_projector.mm_hidden_size is 1024"),
+    "last vision layer": (_set(*TOWER, "mm_vision_select_layer", value=-1), "mm_vision_select_layer is -1"),
+    "select layer as a string": (_set(*TOWER, "mm_vision_select_layer", value="-2"),
+                                 "mm_vision_select_layer is '-2'"),
+    "CLS kept": (_set(*TOWER, "mm_vision_select_feature", value="cls_patch"),
+                 "mm_vision_select_feature is 'cls_patch'"),
+    "image start/end tokens": (_set("mm_use_im_start_end", value=True), "mm_use_im_start_end is True"),
+    "scaled rope": (_set("rope_scaling", value={"type": "linear", "factor": 2.0}), "rope_scaling is {'type': 'linear'"),
+    "qk_layernorm as a string": (_set("qk_layernorm", value="false"), "qk_layernorm is 'false'"),
+    "tied output layer": (_set("tie_word_embeddings", value=True), "tie_word_embeddings is True"),
+    "bos id as a string": (_set("bos_token_id", value="1"), "bos_token_id is '1'"),
+    "grey-level tower": (_set(*TOWER, "num_channels", value=1), "vision_config.vision_tower.num_channels is 1"),
+    "vocabulary smaller than the tokenizer": (_set("vocab_size", value=16),
+                                              "tokens, more than the vocab_size 16 of config.json"),
+}
+
+
+def edit_release_config(release, edit):
+    config = json.loads((release / "config.json").read_text())
+    edit(config)
+    (release / "config.json").write_text(json.dumps(config))  # NaN / Infinity as Python's json (and LLaVA's) write
+
+
+@pytest.mark.parametrize("damage", list(CONFIG_DAMAGE))
+def test_convert_refuses_a_config_value_it_cannot_honour(refused, release, tmp_path, damage):
+    edit, message = CONFIG_DAMAGE[damage]
+    edit_release_config(release, edit)
+    outcome = refused("convert", release, tmp_path / "out", match=message, watch=[tmp_path])
+    if damage != "vocabulary smaller than the tokenizer":
+        assert f"{release / 'config.json'}: " in outcome.stderr or "no vision_config" in outcome.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def _poison(tensors, key, value):
+    tensors[key] = tensors[key].clone()
+    tensors[key].view(-1)[3] = value
+    return tensors
+
+
+@pytest.mark.parametrize("key, value, form", [
+    ("model.mm_projector.0.weight", float("nan"), "safetensors"),
+    ("model.layers.1.self_attn.query_key_value.bias", float("inf"), "safetensors-shards"),
+    ("lm_head.weight", float("-inf"), "bin"),
+])
+def test_convert_refuses_weights_with_nan_or_infinity(refused, tmp_path, key, value, form):
+    """The converted checkpoint would be refused by ask (load_checkpoint's check): convert refuses it first, naming
+    the tensor as the release names it and the file that holds it, and writes nothing."""
+    tensors = _poison(fuse_qkv(released_tensors()), key, value)
+    release = write_released(tmp_path / "LLaVA-Phi", small_tokenizer(), tensors, form=form)
+    outcome = refused("convert", release, tmp_path / "out", match=f"the weight {key} holds NaN or infinity",
+                      watch=[tmp_path])
+    assert str(release) in outcome.stderr and (".safetensors" in outcome.stderr or ".bin" in outcome.stderr)
+
+
+@pytest.mark.parametrize("edit, aspect, factor", [
+    # LLaVA-Phi reads a missing image_aspect_ratio as None: no padding (mm_utils.process_images), i.e. 'square'
+    (_set("image_aspect_ratio", value=_DROP), "square", 0.4),
+    (_set("image_aspect_ratio", value="square"), "square", 0.4),
+    # a config without the top-level factor is read as transformers 4.36's PhiConfig reads it: 0.5
+    (_set("partial_rotary_factor", value=_DROP), "pad", 0.5),
+    # hidden_states of a 3-layer tower has 4 entries: index 2 is the second-to-last, the same as -2
+    (_set(*TOWER, "mm_vision_select_layer", value=2), "pad", 0.4),
+])
+def test_convert_reads_odd_but_valid_settings_as_llava_phi_does(refused, release, tmp_path, edit, aspect, factor):
+    edit_release_config(release, edit)
+    outcome = refused.run("convert", release, tmp_path / "out")
+    assert outcome.code == 0, outcome.stderr
+    assert json.loads((tmp_path / "out" / "edge_vlm.json").read_text())["image"]["aspect"] == aspect
+    text = json.loads((tmp_path / "out" / "config.json").read_text())["text_config"]
+    assert text["rope_parameters"]["partial_rotary_factor"] == factor
