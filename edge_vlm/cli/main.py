@@ -4,9 +4,12 @@ runs the chosen verb, and turns EdgeVLMError into one line on stderr with exit c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
 
 from edge_vlm import __version__
 from edge_vlm.errors import EdgeVLMError
@@ -89,6 +92,29 @@ def one_line(message: str) -> str:
     return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what `timeout`, systemd and `docker stop` send), raised in the main thread: a KeyboardInterrupt, so
+    it unwinds like Ctrl-C and every `with atomic_dir(...)`, `finally` and child-process guard cleans up."""
+
+
+def _terminate(signum, _frame):
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises Terminated while a verb runs (the previous handler comes back after). A verb that stops
+    gracefully on SIGTERM (stream, serve) installs its own handler meanwhile and puts this one back when done."""
+    if threading.current_thread() is not threading.main_thread():  # signals can be handled in the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -99,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        code = int(args._run(args) or 0)
-        sys.stdout.flush()  # a reader that went away is noticed here, inside the handler below, not at exit
+        with sigterm_as_interrupt():
+            code = int(args._run(args) or 0)
+            sys.stdout.flush()  # a reader that went away is noticed here, inside the handler below, not at exit
         return code
     except BrokenPipeError:  # the reader went away (`edge-vlm ... | head`): stop quietly, as Unix tools do
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit; keep that from failing
@@ -118,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"edge-vlm {args.verb}: error: {describe_input_error(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): the shells' 128 + signal number
+        if isinstance(exc, Terminated):
+            print(f"edge-vlm {args.verb}: terminated", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print(f"edge-vlm {args.verb}: interrupted", file=sys.stderr)
         return 130
 

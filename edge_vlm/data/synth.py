@@ -54,7 +54,7 @@ from edge_vlm.data.scene import (
 )
 from edge_vlm.engine import MAX_SEED
 from edge_vlm.errors import EdgeVLMError
-from edge_vlm.fileio import atomic_dir, is_empty_dir
+from edge_vlm.fileio import atomic_dir, is_empty_dir, owning
 from edge_vlm.prompting import IMAGE_PLACEHOLDER
 
 __all__ = ["MovingScene", "moving_scene_frame", "write_world", "GENERATOR_VERSION"]
@@ -232,9 +232,15 @@ def _shell_word(word: str) -> str:
         return "$'" + "".join(chr(b) if 0x20 <= b < 0x7F and b not in b"'\\" else f"\\x{b:02x}" for b in raw) + "'"
 
 
+# What write_world puts in a world folder; `--force` replaces an earlier world only when it holds nothing else.
+WORLD_FILES = ("world.json", "pretrain.json", "finetune.json", "sft.json", "eval.json", "images/train-*.png",
+               "images/eval-*.png")
+
+
+@owning(WORLD_FILES)
 def is_world(path: Path) -> bool:
     """Whether `path` holds a world this generator wrote (its world.json manifest): only such a folder (or an empty
-    one) may be replaced with --force."""
+    one) may be replaced with --force, and only when it holds no file but WORLD_FILES."""
     try:
         manifest = json.loads((path / "world.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):

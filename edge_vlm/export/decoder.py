@@ -139,12 +139,13 @@ def run_builder(phi_dir: Path, out_dir: Path, precision: str, execution_provider
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             code = process.wait()
-        except BaseException:  # Ctrl-C or an error in this process: do not leave the builder running
+        except BaseException:  # Ctrl-C, SIGTERM or an error in this process: do not leave the builder running
             process.terminate()
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()
             raise
     shutil.rmtree(cache_dir, ignore_errors=True)
     model_path = out_dir / "model.onnx"

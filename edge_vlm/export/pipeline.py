@@ -27,6 +27,7 @@ from pathlib import Path
 from edge_vlm.errors import EdgeVLMError
 from edge_vlm.export.gate import GateFailed, Thresholds, default_thresholds, format_figures, judge
 from edge_vlm.export.targets import get_target
+from edge_vlm.fileio import atomic_dir, json_object, literal, owning
 from edge_vlm.image_tokens import checkpoint_patch_tokens
 from edge_vlm.image_tokens import choose as choose_tokens
 from edge_vlm.image_tokens import summary as token_summary
@@ -98,17 +99,15 @@ def export_bundle(options: ExportOptions, log=print) -> Path:
 
     from tqdm import tqdm
 
-    from edge_vlm.fileio import atomic_dir
     from edge_vlm.model.checkpoint import check_checkpoint_dir
-    from edge_vlm.runtime.bundle import check_contents, check_manifest, is_bundle_dir
+    from edge_vlm.runtime.bundle import check_contents, check_manifest
 
     model_dir = check_checkpoint_dir(model_path)
     progress = partial(tqdm, file=sys.stderr, leave=False, dynamic_ncols=True)
     step = _Steps(7 if use_tensorrt else 6, log)
-    # entering refuses an existing --out (without --force; with it, anything but an earlier bundle or an empty
-    # folder) and an output folder that cannot be written, before the checkpoint is loaded
-    with atomic_dir(out, force=options.force, replaceable=is_bundle_dir, what="bundle") as tmp:
-        tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be copied and shared
+    # entering refuses an existing --out (without --force; with it, anything but an earlier bundle holding nothing
+    # else or an empty folder) and an output folder that cannot be written, before the checkpoint is loaded
+    with atomic_dir(out, force=options.force, replaceable=_earlier_bundle, what="bundle") as tmp:
         work = tmp / "_work"
         work.mkdir()
         step("loading the checkpoint")
@@ -215,8 +214,7 @@ def export_bundle(options: ExportOptions, log=print) -> Path:
             step(f"TensorRT engine for the vision part ({options.tensorrt_precision})")
             manifest["tensorrt"] = _tensorrt(tmp, options, samples, meta.image, log)
 
-        shutil.rmtree(work, ignore_errors=True)
-        _make_readable(tmp)
+        shutil.rmtree(work, ignore_errors=True)  # atomic_dir gives what is left the modes mkdir/open would
         manifest["export_seconds"] = round(time.perf_counter() - started, 1)
         from edge_vlm.export.manifest import write_manifest
 
@@ -227,10 +225,26 @@ def export_bundle(options: ExportOptions, log=print) -> Path:
     return out
 
 
-def _make_readable(bundle: Path) -> None:
-    """Some writers create private files (mode 600); a bundle is meant to be copied and deployed by others."""
-    for path in bundle.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
+def _bundle_entries(folder: Path) -> list[str]:
+    """Everything an export writes in a bundle: manifest.json and the files it lists (the export hashes every file
+    it wrote into `files`; nothing else is added to a bundle later, TensorRT engines built at first load go to the
+    user's cache)."""
+    from edge_vlm.runtime.bundle import MANIFEST_FILE
+
+    try:
+        files = (json_object(folder / MANIFEST_FILE) or {}).get("files")
+    except OSError:
+        files = None
+    names = [name for name in files if isinstance(name, str)] if isinstance(files, dict) else []
+    return [MANIFEST_FILE, *map(literal, names)]
+
+
+@owning(_bundle_entries)
+def _earlier_bundle(folder: Path) -> bool:
+    """An earlier bundle (manifest.json in our format): `--force` replaces it when it holds nothing else."""
+    from edge_vlm.runtime.bundle import is_bundle_dir
+
+    return is_bundle_dir(folder)
 
 
 def _release_memory() -> None:

@@ -132,9 +132,13 @@ def export_vision_subprocess(checkpoint: Path, target: Path, precision: str, log
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         try:
             output, _ = process.communicate()
-        except BaseException:  # Ctrl-C or an error here: do not leave the exporter running
+        except BaseException:  # Ctrl-C, SIGTERM or an error here: do not leave the exporter running
             process.terminate()
-            process.wait()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
             raise
     if process.returncode != 0:
         tail = "".join(Path(log_path).read_text(errors="replace").splitlines(keepends=True)[-15:])

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_vlm.errors import EdgeVLMError
-from edge_vlm.fileio import atomic_dir
+from edge_vlm.fileio import atomic_dir, owning
 from edge_vlm.imaging import ImageConfig
 from edge_vlm.tokenizer import TextTokenizer
 
@@ -288,8 +288,18 @@ def check_config_values(config: dict, where, names: dict[str, str] | None = None
         raise EdgeVLMError(f"{where}: partial_rotary_factor is {factor!r}, not in (0, 1]")
 
 
+# Everything write_checkpoint puts in a checkpoint folder (transformers' save_pretrained: config, generation config,
+# one weights file or shards with their index; our tokenizer, preprocessing and edge_vlm.json). `--force` replaces
+# an earlier checkpoint only when it holds nothing else: a file the user saved there is never deleted.
+CHECKPOINT_FILES = ("config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
+                    "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
+                    "preprocessor_config.json", META_FILE)
+
+
+@owning(CHECKPOINT_FILES)
 def is_checkpoint_dir(path: Path) -> bool:
-    """A folder edge-vlm wrote as a checkpoint (its edge_vlm.json says so): the only kind `--force` may replace."""
+    """A folder edge-vlm wrote as a checkpoint (its edge_vlm.json says so): the only kind `--force` may replace (and
+    only when it holds no file but CHECKPOINT_FILES)."""
     try:
         return json.loads((Path(path) / META_FILE).read_text()).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from edge_vlm.errors import EdgeVLMError
-from edge_vlm.fileio import atomic_dir
+from edge_vlm.fileio import atomic_dir, check_replaceable
 from edge_vlm.imaging import ImageConfig
 from edge_vlm.model.checkpoint import (
     CheckpointMeta,
@@ -289,8 +289,7 @@ def convert_lp_checkpoint(src: str | Path, dst: str | Path, force: bool = False)
                            f"vocab_size {spec['text']['vocab_size']} of config.json")
     config = make_config(spec, image_token_id=tokenizer.image_token_id)
     dst = Path(dst)
-    if (dst.exists() or dst.is_symlink()) and not force:  # the common slip, refused before the slow reading
-        raise EdgeVLMError(f"{dst} already exists; pass --force to replace it")
+    check_replaceable(dst, force, is_checkpoint_dir, "checkpoint")  # what atomic_dir refuses, before the slow reading
     state = map_lp_state_dict(read_weights(src), config.text_config.num_attention_heads)
     with torch.device("meta"):
         expected = {k: v.shape for k, v in LlavaPhiForConditionalGeneration(config).state_dict().items()}

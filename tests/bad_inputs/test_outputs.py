@@ -1,5 +1,7 @@
 """Output FILES never replace a user's file: `bench --json/--markdown/--plot/--profile`, `stream --jsonl/--record`,
-`eval` (the comparison files, a results folder that is not ours), `demo --out`.
+`eval` (the comparison files, a results folder that is not ours), `demo --out`. Output FOLDERS (`data synth`,
+`export`, `convert` with --force) replace an earlier output only when nothing in it is the user's, never the current
+folder; every output gets the modes a plain mkdir / open() would give under the umask.
 
 A named output may be written when it does not exist, is empty, or is recognisably one edge-vlm wrote earlier;
 anything else (a user's notes, picture, JSON, video, a folder) is refused in one line before any slow work and left
@@ -13,13 +15,17 @@ Every user file is generated here.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from PIL import Image, PngImagePlugin
 
-from tests.bad_inputs.test_checkpoints import synth_data
+from tests.bad_inputs.conftest import snapshot
+from tests.bad_inputs.test_checkpoints import release, synth_data  # noqa: F401 - release is a fixture
 
 REPO = Path(__file__).resolve().parents[2]
 NOT_OURS = "exists and was not written by edge-vlm: choose another path or remove it first"
@@ -304,3 +310,214 @@ def test_demo_replaces_its_own_contact_sheet(refused, tmp_path):
         assert image.info["Software"] == "edge-vlm demo"
     again = refused.run("demo", "--n", "1", "--seed", "5", "--out", sheet)
     assert again.code == 0, again.stderr
+
+
+# ------------------------------------------------------------------------ --force over an earlier output folder
+BUILTIN = REPO / "edge_vlm" / "assets" / "builtin"
+FOREIGN = "which edge-vlm did not write"
+
+# What a user may have saved into an earlier output folder: (path inside it, the entry the refusal names, how to
+# make it).
+SAVED_INSIDE = {
+    "notes": ("notes.txt", "notes.txt", lambda p: p.write_text("my notes about this run\n")),
+    "a picture among ours": ("images/holiday.png", "images/holiday.png", lambda p: user_png(p)),
+    "a folder of drafts": ("drafts/todo.md", "drafts", lambda p: p.write_text("- compare with int4\n")),
+    "a link named like ours": ("eval.json", "eval.json", lambda p: p.symlink_to("/etc/hostname")),
+}
+
+
+def save_inside(folder: Path, kind: str) -> tuple[Path, Path]:
+    """Save the user's file; returns (the file, the entry of `folder` a refusal names first)."""
+    name, named, make = SAVED_INSIDE[kind]
+    path = folder / name
+    path.parent.mkdir(exist_ok=True)
+    if path.is_symlink() or path.exists():
+        path.unlink()
+    make(path)
+    return path, folder / named
+
+
+@pytest.mark.parametrize("kind", list(SAVED_INSIDE))
+def test_synth_force_keeps_what_the_user_saved_in_an_earlier_world(refused, tmp_path, kind):
+    world = tmp_path / "world"
+    argv = ["data", "synth", "--quiet", "--out", world, "--train", "2", "--eval", "1", "--force"]
+    assert refused.run(*argv).code == 0
+    saved, named = save_inside(world, kind)
+    refused(*argv, "--seed", "3", match=f"{world} also holds {named}, {FOREIGN}", watch=[tmp_path])
+    assert saved.is_symlink() or saved.exists()
+    shutil.rmtree(named) if named.is_dir() else named.unlink()
+    if kind == "a link named like ours":  # the world is now incomplete, yet still ours: replaced
+        (world / "eval.json").write_text("[]")
+    again = refused.run(*argv, "--seed", "3")
+    assert again.code == 0, again.stderr
+    assert json.loads((world / "world.json").read_text())["seed"] == 3
+
+
+@pytest.mark.parametrize("kind", ["notes", "a folder of drafts", "a link named like ours"])
+def test_convert_force_keeps_what_the_user_saved_in_an_earlier_checkpoint(refused, release, tmp_path,  # noqa: F811
+                                                                           monkeypatch, kind):
+    from edge_vlm.model import convert
+
+    out = tmp_path / "out"
+    assert refused.run("convert", release, out).code == 0
+    saved, named = save_inside(out, kind)
+
+    def slow(*_args):
+        raise AssertionError("convert read the weights before refusing its output")
+
+    monkeypatch.setattr(convert, "read_weights", slow)
+    refused("convert", release, out, "--force", match=f"{out} also holds {named}, {FOREIGN}", watch=[tmp_path])
+    assert saved.is_symlink() or saved.exists()
+
+
+def test_a_checkpoint_saved_in_shards_is_ours(tmp_path):
+    """transformers names shards model-00001-of-00002.safetensors, with model.safetensors.index.json."""
+    from edge_vlm.fileio import check_replaceable
+    from edge_vlm.model.checkpoint import is_checkpoint_dir
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "edge_vlm.json").write_text(json.dumps({"format": "edge-vlm-checkpoint"}))
+    for name in ("config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                 "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                 "preprocessor_config.json"):
+        (folder / name).write_text("{}")
+    assert check_replaceable(folder, True, is_checkpoint_dir, "checkpoint") == folder
+    (folder / "special_tokens_map.json").write_text("{}")  # not a file edge-vlm writes
+    with pytest.raises(Exception, match=f"holds {folder / 'special_tokens_map.json'}, {FOREIGN}"):
+        check_replaceable(folder, True, is_checkpoint_dir, "checkpoint")
+
+
+def earlier_bundle(folder: Path) -> Path:
+    """A folder as an export leaves it, as far as --force looks: manifest.json (the bundle format) listing its
+    files, one of them in a sub-folder and one with glob characters in its name."""
+    listed = {"vision.onnx": b"graph", "decoder/model.onnx": b"graph", "decoder/model.onnx.data": b"w",
+              "embeddings.npy": b"table", "tokenizer [v2].json": b"{}"}
+    for name, data in listed.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    manifest = {"format": "edge-vlm-bundle", "schema_version": 1,
+                "files": {name: {"bytes": len(data), "sha256": "0" * 64} for name, data in listed.items()}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+@pytest.fixture
+def stop_at_loading(monkeypatch):
+    """export stops (one line, exit 2) where it would load the checkpoint: what comes before is the output check."""
+    from edge_vlm.errors import EdgeVLMError
+    from edge_vlm.export import pipeline
+
+    def stop(*_args, **_kwargs):
+        raise EdgeVLMError("stopped at loading (the test's stand-in)")
+
+    monkeypatch.setattr(pipeline, "_load", stop)
+
+
+@pytest.mark.parametrize("saved", ["NOTES.txt", "decoder/my-tuning.onnx", "tokenizer v2.json", "decoder/sub/x"])
+def test_export_force_keeps_what_the_user_saved_in_an_earlier_bundle(refused, tmp_path, stop_at_loading, saved):
+    bundle = earlier_bundle(tmp_path / "bundle")
+    (bundle / saved).parent.mkdir(parents=True, exist_ok=True)
+    (bundle / saved).write_text("the user's")
+    first = bundle / Path(saved).parts[0] / Path(saved).parts[1] if saved == "decoder/sub/x" else bundle / saved
+    refused("export", "--model", BUILTIN, "--out", bundle, "--force", match=f"also holds {first}, {FOREIGN}",
+            watch=[tmp_path])
+
+
+def test_export_force_gets_past_the_output_check_for_an_earlier_bundle(refused, tmp_path, stop_at_loading):
+    bundle = earlier_bundle(tmp_path / "bundle")
+    refused("export", "--model", BUILTIN, "--out", bundle, "--force", match="stopped at loading", watch=[bundle])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "tmp"]  # its temp folder is gone again
+
+
+# ----------------------------------------------------------------- a folder output that cannot be renamed into place
+@pytest.mark.parametrize("target", ["", ".", "..", "a/..", "the current folder by its path", "its parent by path"])
+def test_atomic_dir_refuses_the_current_folder_or_one_above_it(tmp_path, monkeypatch, target):
+    """A folder is replaced by renaming a temp folder onto it: refused up front in one line for a path with no name
+    or the folder the command runs in (before: a traceback after all the work, and a `..tmp-*` folder left)."""
+    from edge_vlm.errors import EdgeVLMError
+    from edge_vlm.fileio import atomic_dir
+
+    here = tmp_path / "world"
+    (here / "a").mkdir(parents=True)
+    (here / "world.json").write_text("{}")
+    monkeypatch.chdir(here)
+    target = {"the current folder by its path": str(here), "its parent by path": str(tmp_path)}.get(target, target)
+    before = snapshot(tmp_path)
+    with pytest.raises(EdgeVLMError) as refusal:
+        with atomic_dir(target, force=True, replaceable=lambda _: True, what="synthetic world"):
+            raise AssertionError("atomic_dir let the work start")
+    assert "\n" not in str(refusal.value) and "current folder" in str(refusal.value)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("dst", ["", "."])
+def test_convert_into_the_current_folder_is_refused(refused, release, tmp_path, monkeypatch, dst):  # noqa: F811
+    """convert has no check of its own for this: fileio's is the one that answers."""
+    out = tmp_path / "out"
+    assert refused.run("convert", release, out).code == 0
+    monkeypatch.chdir(out)
+    refused("convert", release, dst, "--force", match="current folder", watch=[tmp_path])
+
+
+# ------------------------------------------------------------------------------------ modes: what mkdir/open give
+@contextmanager
+def umask(mask: int):
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def plain_modes(where: Path) -> tuple[int, int]:
+    """The modes this umask gives a folder made by mkdir and a file made by open(): what every output must have."""
+    folder, file = where / "plain-folder", where / "plain-file"
+    folder.mkdir()
+    with open(file, "w") as handle:
+        handle.write("x")
+    modes = mode(folder), mode(file)
+    folder.rmdir()
+    file.unlink()
+    return modes
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_outputs_have_the_modes_mkdir_and_open_give(tmp_path, mask):
+    from edge_vlm.data.synth import write_world
+    from edge_vlm.fileio import atomic_write
+    from edge_vlm.model.factory import write_random_checkpoint
+
+    with umask(mask):
+        folder_mode, file_mode = plain_modes(tmp_path)
+        write_world(tmp_path / "world", train=2, eval_size=1, progress=False)
+        world = tmp_path / "world"
+        checkpoint = write_random_checkpoint("tiny", tmp_path / "checkpoint")
+        report = atomic_write(tmp_path / "report.json", "{}\n")
+    for path in [world, world / "images", checkpoint]:
+        assert mode(path) == folder_mode, f"{path}: {oct(mode(path))}, mkdir gives {oct(folder_mode)}"
+    files = [world / "world.json", *(world / "images").iterdir(), *checkpoint.iterdir(), report]
+    assert checkpoint / "model.safetensors" in files
+    for path in files:
+        assert mode(path) == file_mode, f"{path}: {oct(mode(path))}, open() gives {oct(file_mode)}"
+
+
+def test_rewriting_an_output_file_keeps_its_mode(tmp_path):
+    """open(path, "w") on an existing file keeps its mode; so does rewriting a report (it used to turn 0644 into
+    mkstemp's 0600)."""
+    from edge_vlm.fileio import atomic_write
+
+    report = tmp_path / "report.json"
+    report.write_text("{}\n")
+    report.chmod(0o644)
+    with umask(0o077):
+        atomic_write(report, "{}\n")
+    assert mode(report) == 0o644
+    report.chmod(0o640)
+    with umask(0o022):
+        atomic_write(report, "{}\n")
+    assert mode(report) == 0o640

@@ -165,11 +165,14 @@ def test_bad_output_paths(tmp_path):
     with pytest.raises(EdgeVLMError, match="replaces only an earlier synthetic world"):
         write_world(tmp_path / "full", train=2, eval_size=1, progress=False, force=True)
     assert (tmp_path / "full" / "keep.txt").read_text() == "x"
-    # an earlier world is replaced with --force, and an empty folder is filled without it
+    # an earlier world is replaced with --force, but not while it holds a file the user saved there; an empty folder
+    # is filled without it
     write_world(tmp_path / "world", train=2, eval_size=1, progress=False, seed=1)
-    (tmp_path / "world" / "stale.txt").write_text("from the earlier world")
+    (tmp_path / "world" / "stale.txt").write_text("the user's")
+    with pytest.raises(EdgeVLMError, match="also holds .*stale.txt, which edge-vlm did not write"):
+        write_world(tmp_path / "world", train=2, eval_size=1, progress=False, force=True, seed=2)
+    (tmp_path / "world" / "stale.txt").unlink()
     write_world(tmp_path / "world", train=2, eval_size=1, progress=False, force=True, seed=2)
-    assert not (tmp_path / "world" / "stale.txt").exists()
     assert json.loads((tmp_path / "world" / "world.json").read_text())["seed"] == 2
     (tmp_path / "empty").mkdir()
     write_world(tmp_path / "empty", train=2, eval_size=1, progress=False)
