@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
     steps = plan_steps(args.config)
     if args.eval_limit is not None and args.eval_limit < 1:
         raise EdgeVLMError(f"--eval-limit must be >= 1, got {args.eval_limit}")
-    _check_plan(plan, steps, args.config)
     _check_resume(plan, args.resume)
+    _check_plan(plan, steps, args.config)
     from edge_vlm.train.loop import FINAL_DIR, train
 
     main_process = os.environ.get("RANK", "0") == "0"

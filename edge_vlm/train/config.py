@@ -231,7 +231,8 @@ class TrainConfig:
             raise EdgeVLMError("data_path is not set: give the training data file (--data_path FILE)")
         for key in _PATH_KEYS:  # '' would silently mean the current folder
             value = getattr(self, key)
-            if value is not None and not str(value).strip():
+            # output_dir has a default: None here is an empty YAML value (`output_dir:`, --output_dir '')
+            if (value is None and key == "output_dir") or (value is not None and not str(value).strip()):
                 raise ConfigError(key, f"{key} is an empty path: give a folder or file path")
 
     # ------------------------------------------------------------------ (de)serialisation
