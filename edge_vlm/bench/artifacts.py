@@ -29,6 +29,48 @@ def check_model_dir(directory: str | Path) -> Path:
     return path
 
 
+# Run in a child process: these checks need torch, which the bench's own process keeps out of its memory (the
+# workers measure theirs). The refusal comes back as the last stdout line, JSON.
+_TORCH_CHECKS = """
+import json, sys
+from edge_vlm.errors import EdgeVLMError
+try:
+    if sys.argv[1]:
+        from edge_vlm.model.checkpoint import check_checkpoint
+        check_checkpoint(sys.argv[1], finite=False)
+    if sys.argv[2] == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise EdgeVLMError("--device cuda, but torch sees no CUDA GPU here (torch.cuda.is_available() is False)")
+except EdgeVLMError as exc:
+    print(json.dumps({"refused": str(exc)}))
+"""
+
+
+def check_torch_inputs(model: str | Path | None, device: str) -> None:
+    """What a torch backend's worker would refuse at once, refused before any backend runs: the checkpoint as
+    loading checks it without reading a weight (its files whole, every tensor config.json calls for there with its
+    shape: edge_vlm.model.checkpoint.check_checkpoint) and, for --device cuda, a GPU torch can use. A check that
+    cannot run at all (no torch here) is left to the worker, which reports it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    proc = subprocess.run([sys.executable, "-c", _TORCH_CHECKS, str(model or ""), device], capture_output=True,
+                          text=True, env=env)
+    if proc.returncode in (130, -2):
+        raise KeyboardInterrupt
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode == 0 and lines:
+        try:
+            refused = json.loads(lines[-1]).get("refused")
+        except (ValueError, AttributeError):
+            return
+        if refused:
+            raise EdgeVLMError(refused)
+
+
 def checkpoint_random_weights(directory: str | Path) -> bool:
     """The checkpoint's edge_vlm.json random_weights flag, read as plain JSON (edge_vlm.model would import torch)."""
     path = Path(directory) / "edge_vlm.json"

@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from edge_vlm.bench.artifacts import bundle_manifest, check_model_dir, pick_bundles
+from edge_vlm.bench.artifacts import bundle_manifest, check_model_dir, check_torch_inputs, pick_bundles
 from edge_vlm.bench.bandwidth import measure_cpu_bandwidth, nominal_bandwidth
 from edge_vlm.bench.machine import jetson_model, load_average, machine_info, versions
 from edge_vlm.bench.roofline import DecodeBytes, roofline
@@ -113,8 +113,12 @@ def prepare(settings: BenchSettings, prompt_source: str | None = "prompt_tokens"
     from edge_vlm.runtime.bundle import check_contents, verify_files
 
     specs = settings.specs
-    if settings.model and any(s.family == "torch" for s in specs):
+    _check_providers(settings)
+    torch_specs = [s for s in specs if s.family == "torch"]
+    if settings.model and torch_specs:
         check_model_dir(settings.model)
+    if torch_specs and (settings.model or settings.device == "cuda"):
+        check_torch_inputs(settings.model, settings.device)
     if settings.image:
         from edge_vlm.imaging import load_image
 
@@ -126,7 +130,48 @@ def prepare(settings: BenchSettings, prompt_source: str | None = "prompt_tokens"
         verify_files(directory, manifest, "none" if settings.verify == "none" else "size")  # the hash: in the worker
         check_contents(directory, manifest)
     _check_image_tokens(settings, bundles)
-    return fit_prompt(settings, _contexts(settings, bundles), prompt_source, log), bundles
+    fitted = fit_prompt(settings, _contexts(settings, bundles), prompt_source, log)
+    _check_prompt_minimum(fitted, bundles, prompt_source)
+    return fitted, bundles
+
+
+def _check_providers(settings: BenchSettings) -> None:
+    """Each onnxruntime backend's execution providers (CUDA for --device cuda, TensorRT for +trt) are usable here,
+    else the fix in one line (edge_vlm.runtime.providers.choose, as the runtime would say it at load)."""
+    from edge_vlm.bench.backends.ort_backend import providers_for
+    from edge_vlm.deps import available
+    from edge_vlm.runtime.providers import choose
+
+    for spec in settings.specs:
+        wanted = providers_for(spec, settings.device) if spec.family == "ort" else ["cpu"]
+        if wanted != ["cpu"] and available("onnxruntime"):  # without onnxruntime the worker says what to install
+            try:
+                choose(wanted)
+            except EdgeVLMError as exc:
+                raise EdgeVLMError(f"{spec.name} with --device {settings.device}: {exc}") from None
+
+
+def _check_prompt_minimum(settings: BenchSettings, bundles: dict[str, str], source: str | None) -> None:
+    """The prompt holds at least the image tokens, the turn's text and the question (edge_vlm.bench.workload), for
+    every model the run loads whose tokenizer is on disk (a preset's is built by its worker)."""
+    from edge_vlm.bench.workload import minimum_prompt_tokens, too_short
+    from edge_vlm.image_tokens import checkpoint_patch_tokens
+    from edge_vlm.runtime.bundle import Bundle
+    from edge_vlm.tokenizer import TextTokenizer
+
+    models = []  # (tokenizer folder, image tokens)
+    if settings.model and any(s.family == "torch" for s in settings.specs):
+        patches = settings.image_tokens or checkpoint_patch_tokens(settings.model)
+        if patches:
+            models.append((Path(settings.model), patches))
+    for directory in bundles.values():
+        bundle = Bundle(Path(directory), bundle_manifest(directory))
+        models.append((bundle.file("tokenizer").parent, bundle.model["num_image_tokens"]))
+    for folder, image_tokens in models:
+        least = minimum_prompt_tokens(TextTokenizer.from_dir(folder), image_tokens)
+        if settings.prompt_tokens < least:
+            label = source or f"--prompt-tokens (fitted to the context with --new-tokens {settings.new_tokens})"
+            raise too_short(settings.prompt_tokens, least, image_tokens, label)
 
 
 def _check_image_tokens(settings: BenchSettings, bundles: dict[str, str]) -> None:

@@ -28,6 +28,30 @@ def synthetic_image(width: int = 640, height: int = 480, seed: int = 0) -> np.nd
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+def _layouts(tokenizer: TextTokenizer, num_image_tokens: int):
+    """(description, ids before the filler, ids after it) of each prompt layout, longest first."""
+    full = inference_prompt(_MARK)
+    variants = [("phi-2_v0 template", full)]
+    if full.startswith(PHI2_SYSTEM):
+        variants.append(("phi-2_v0 template without its system sentence", full[len(PHI2_SYSTEM):].lstrip()))
+    for description, text in variants:
+        before, after = text.split(_MARK)
+        yield (description, tokenizer.encode_prompt(before, num_image_tokens) + tokenizer.encode(QUESTION),
+               tokenizer.encode(after))
+
+
+def minimum_prompt_tokens(tokenizer: TextTokenizer, num_image_tokens: int) -> int:
+    """The shortest image prompt `prompt_ids` can build: the image tokens, the turn's text and the question."""
+    return min(len(head) + len(tail) for _, head, tail in _layouts(tokenizer, num_image_tokens))
+
+
+def too_short(prompt_tokens: int, shortest: int, num_image_tokens: int, label: str = "--prompt-tokens") -> EdgeVLMError:
+    return EdgeVLMError(
+        f"{label} {prompt_tokens} is shorter than the image prompt itself ({shortest} tokens at least: "
+        f"{num_image_tokens} image tokens + the turn's text + the question): use at least {shortest}"
+    )
+
+
 def prompt_ids(tokenizer: TextTokenizer, num_image_tokens: int, prompt_tokens: int) -> tuple[list[int], str]:
     """(ids of the image prompt, exactly `prompt_tokens` long with the image tokens, a description of the prompt).
 
@@ -35,17 +59,8 @@ def prompt_ids(tokenizer: TextTokenizer, num_image_tokens: int, prompt_tokens: i
     (the issue's CPU target) cannot hold it: then the system sentence is left out (the USER/ASSISTANT turn, the
     image and the question stay) and the description says so.
     """
-    full = inference_prompt(_MARK)
-    variants = [("phi-2_v0 template", full)]
-    if full.startswith(PHI2_SYSTEM):
-        variants.append(("phi-2_v0 template without its system sentence", full[len(PHI2_SYSTEM):].lstrip()))
-    shortest = None
-    for description, text in variants:
-        before, after = text.split(_MARK)
-        head = tokenizer.encode_prompt(before, num_image_tokens) + tokenizer.encode(QUESTION)
-        tail = tokenizer.encode(after)
+    for description, head, tail in _layouts(tokenizer, num_image_tokens):
         need = prompt_tokens - len(head) - len(tail)
-        shortest = len(head) + len(tail)
         if need < 0:
             continue
         filler_ids = tokenizer.encode(FILLER)
@@ -53,7 +68,4 @@ def prompt_ids(tokenizer: TextTokenizer, num_image_tokens: int, prompt_tokens: i
         ids = head + filler + tail
         assert len(ids) == prompt_tokens
         return ids, f"{description}, {need} filler tokens after the question"
-    raise EdgeVLMError(
-        f"--prompt-tokens {prompt_tokens} is shorter than the image prompt itself ({shortest} tokens at least: "
-        f"{num_image_tokens} image tokens + the turn's text + the question): use at least {shortest}"
-    )
+    raise too_short(prompt_tokens, minimum_prompt_tokens(tokenizer, num_image_tokens), num_image_tokens)

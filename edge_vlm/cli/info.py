@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="a model preset, e.g. llava-phi-2 (exact parameter counts, no weights built)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--verify", choices=["hash", "size", "none"], default="hash",
-                        help="how a bundle's files are checked: hash (default: every file's sha256), size, none")
+                        help="how a bundle's files are checked: hash (default: every file's sha256 and every float "
+                             "weight finite, also a checkpoint's), size, none")
 
 
 def _preset_report(name: str, as_json: bool) -> str:
@@ -115,25 +116,31 @@ def run(args: argparse.Namespace) -> int:
     if (path / "manifest.json").is_file():
         return _bundle(path, args)
     print(_checkpoint_report(path, args.json), flush=True)
-    from edge_vlm.model.checkpoint import check_checkpoint_dir
+    from edge_vlm.model.checkpoint import check_checkpoint
 
-    check_checkpoint_dir(path)  # the weight files: whole and readable, else one line and exit 2
+    # what loading refuses (whole weight files, every tensor with its shape; with the hashes' setting, finite
+    # values), else one line and exit 2
+    check_checkpoint(path, finite=args.verify == "hash")
+    if not args.json:
+        finite = ", every float weight finite" if args.verify == "hash" else ""
+        print(f"  checked           every tensor config.json calls for, with its shape{finite}: OK")
     return 0
 
 
 def _bundle(path: Path, args: argparse.Namespace) -> int:
     """Describe the bundle from its manifest, then check it as `ask` would (every file's sha256 by default, the
-    manifest against the graphs): a damaged bundle is shown, then reported in one line with exit code 2."""
+    manifest against the graphs) and more: with the hashes, that every float weight is finite (a bundle exported
+    from, or re-hashed over, NaN weights). A damaged bundle is shown, then reported in one line with exit code 2."""
     from edge_vlm.export.manifest import describe
     from edge_vlm.runtime.bundle import check_contents, check_manifest, load_manifest, verify_files
 
     manifest = load_manifest(path)
     print(describe(path, as_json=args.json, manifest=manifest), flush=True)
     check_manifest(path, manifest)
-    verify_files(path, manifest, args.verify)
+    verify_files(path, manifest, args.verify, finite=True)
     check_contents(path, manifest)
     if not args.json:
-        checked = {"hash": "every file's size and sha256", "size": "every file's size",
+        checked = {"hash": "every file's size and sha256, every float weight finite", "size": "every file's size",
                    "none": "no file's size or hash (--verify none)"}[args.verify]
         print(f"  checked           {checked}; precisions and context against the graphs: OK")
     return 0

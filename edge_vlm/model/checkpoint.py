@@ -430,3 +430,34 @@ def load_checkpoint(directory: str | Path, dtype=None, device: str | None = None
             f"{tokenizer.image_token_id}"
         )
     return model.eval(), tokenizer, meta
+
+
+def check_checkpoint(directory: str | Path, finite: bool = True) -> Path:
+    """What load_checkpoint refuses, found without building the model's weights: the folder and its weight files
+    (check_checkpoint_dir), every tensor config.json calls for there with its shape and nothing else (transformers'
+    own loading report, on the meta device: no weight is read) and, with `finite`, every float weight finite (read
+    one tensor at a time). `info` runs it, so a checkpoint that every loading verb refuses is not called fine."""
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    from edge_vlm.model.modeling import LlavaPhiForConditionalGeneration
+
+    path = check_checkpoint_dir(directory)
+    try:
+        with _without_load_report():
+            _, info = LlavaPhiForConditionalGeneration.from_pretrained(
+                path, use_safetensors=True, device_map="meta", output_loading_info=True, ignore_mismatched_sizes=True)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+        raise EdgeVLMError(f"cannot load the model in {path}: {exc}") from exc
+    refuse_partial_load(path, info)
+    for file in check_weight_files(path) if finite else []:
+        try:
+            with safe_open(str(file), "pt") as handle:
+                for name in handle.keys():
+                    tensor = handle.get_tensor(name)
+                    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                        raise EdgeVLMError(f"{file}: the weight {name} holds NaN or infinity; the checkpoint is "
+                                           "damaged")
+        except (SafetensorError, OSError) as exc:
+            raise EdgeVLMError(f"cannot read {file}: {_safetensors_reason(exc)}") from exc
+    return path

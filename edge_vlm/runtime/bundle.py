@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -132,6 +133,11 @@ def check_manifest(directory: str | Path, manifest: dict) -> None:
         _check_inside(root, name, f"the {role} file")
         if name not in files:  # a file outside `files` would escape the size and hash checks
             raise EdgeVLMError(f"{manifest_path}: the {role} file {name} is not among its files: {_DAMAGED}")
+    # the runtime reads tokenizer.json beside the tokenizer file (TextTokenizer.from_dir)
+    tokenizer_json = posixpath.join(posixpath.dirname(roles["tokenizer"]), "tokenizer.json")
+    if tokenizer_json not in files:
+        raise EdgeVLMError(f"{manifest_path}: {tokenizer_json}, which the runtime reads the tokenizer from, is not "
+                           f"among its files: {_DAMAGED}")
     for part, allowed in PRECISIONS.items():
         value = manifest["precision"].get(part)
         if value not in allowed:
@@ -220,36 +226,212 @@ def _check_inside(root: Path, name, what: str) -> None:
                            "outside the bundle: copy the file itself into the bundle")
 
 
-def verify_files(directory: str | Path, manifest: dict, mode: str = "hash") -> None:
+def verify_files(directory: str | Path, manifest: dict, mode: str = "hash", finite: bool = False) -> None:
     """Check that every file the manifest lists is present with its recorded size (and sha256 when mode 'hash').
 
-    A short file is reported as truncated (an interrupted copy), a changed one as a hash mismatch.
+    A short file is reported as truncated (an interrupted copy), a changed one as a hash mismatch. With `finite` (mode
+    'hash' only), the same read also checks that every floating-point weight is finite: the graphs' float
+    initializers, inline and in their external-data files, and the embedding table. A bundle whose weights are NaN
+    although its manifest was re-hashed to match is refused too, naming the file and the tensor. The graphs are read
+    first (they say where their weights lie in the other files); no file is held in memory whole.
     """
     if mode not in VERIFY_MODES:
         raise EdgeVLMError(f"verify mode {mode!r} is not one of {VERIFY_MODES}")
     if mode == "none":
         return
     root = Path(directory)
-    for name, entry in manifest["files"].items():
-        path = root / name
-        if not path.is_file():
-            raise EdgeVLMError(f"bundle {root} is missing {name}: copy the whole bundle directory or export it again")
-        size, expected = path.stat().st_size, int(entry["bytes"])
-        if size != expected:
-            kind = "truncated" if size < expected else "larger than recorded"
-            raise EdgeVLMError(
-                f"{path} is {kind} ({size} bytes, manifest says {expected}): the copy is incomplete or damaged; "
-                "copy it again or re-export the bundle"
-            )
+    files = manifest["files"]
+    for name, entry in files.items():
+        _check_size(root, name, int(entry["bytes"]))
+    if mode != "hash":
+        return
+    roles = manifest.get("roles", {})
+    graphs = {roles[role]: role for role in ("vision", "decoder") if finite and roles.get(role) in files}
+    spans: dict[str, list[_Span]] = {}
+    if finite and roles.get("embeddings") in files:
+        spans[roles["embeddings"]] = _npy_spans(root / roles["embeddings"])
+    for name in [*graphs, *(name for name in files if name not in graphs)]:
+        _read_file(root / name, files[name]["sha256"], spans.get(name, []))
+        if name in graphs:
+            graph = _read_graph(root / name, f"{graphs[name]} model")
+            for data_file, found in _weight_spans(root, name, graph).items():
+                spans.setdefault(data_file, []).extend(found)
+
+
+def _check_size(root: Path, name: str, expected: int) -> None:
+    path = root / name
+    if not path.is_file():
+        raise EdgeVLMError(f"bundle {root} is missing {name}: copy the whole bundle directory or export it again")
+    size = path.stat().st_size
+    if size != expected:
+        kind = "truncated" if size < expected else "larger than recorded"
+        raise EdgeVLMError(
+            f"{path} is {kind} ({size} bytes, manifest says {expected}): the copy is incomplete or damaged; "
+            "copy it again or re-export the bundle"
+        )
+
+
+# ------------------------------------------------------------------------------------- weight values (info's check)
+_CHUNK = 1 << 22  # bytes per read: a multiple of every float size, so a chunk of a tensor holds whole values
+_FLOAT_TYPES = {1: "<f4", 10: "<f2", 11: "<f8", 16: "bfloat16"}  # onnx.TensorProto.DataType -> stored format
+
+
+@dataclass(frozen=True)
+class _Span:
+    """Where one float tensor's bytes lie in a file."""
+
+    offset: int
+    nbytes: int
+    dtype: str  # a little-endian numpy format, or "bfloat16" (numpy has none)
+    what: str  # "the weight NAME of GRAPH", for the error
+
+
+def _read_file(path: Path, expected_sha256: str, spans: list[_Span]) -> None:
+    """One pass over the file: its sha256, and whether the values in `spans` are finite. A hash mismatch is reported
+    first (the file is not what was exported), then a damaged weight (it was exported or re-hashed that way)."""
+    digest, damaged = hashlib.sha256(), []
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            position, overlapping = 0, []
+            for span in sorted(spans, key=lambda s: s.offset):
+                if span.offset < 0 or span.offset + span.nbytes > size:
+                    raise EdgeVLMError(f"{path}: {span.what} lies at bytes {span.offset} to "
+                                       f"{span.offset + span.nbytes}, beyond the file's {size} bytes: {_DAMAGED}")
+                if span.offset < position:  # shares bytes with the tensor before: checked after the hash pass
+                    overlapping.append(span)
+                    continue
+                _read(handle, span.offset - position, digest)
+                _read(handle, span.nbytes, digest, span, damaged)
+                position = span.offset + span.nbytes
+            _read(handle, size - position, digest)
+            for span in overlapping:
+                handle.seek(span.offset)
+                _read(handle, span.nbytes, None, span, damaged)
+    except OSError as exc:
+        raise EdgeVLMError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if digest.hexdigest() != expected_sha256:
+        raise EdgeVLMError(
+            f"{path} does not match its sha256 in {MANIFEST_FILE}: the file was modified or damaged; "
+            "copy it again or re-export the bundle"
+        )
+    if damaged:
+        raise EdgeVLMError(f"{path}: {damaged[0].what} holds NaN or infinity: the weights are damaged; export the "
+                           "bundle again")
+
+
+def _read(handle, count: int, digest, span: _Span | None = None, damaged: list | None = None) -> None:
+    """Read `count` bytes in chunks into `digest`; with `span`, note it in `damaged` if a value is not finite."""
+    while count > 0:
+        chunk = handle.read(min(_CHUNK, count))
+        if not chunk:
+            raise EdgeVLMError(f"{handle.name} became shorter while it was read: it is being changed")
+        count -= len(chunk)
+        if digest is not None:
+            digest.update(chunk)
+        if span is not None and not damaged and not _finite(chunk, span.dtype):
+            damaged.append(span)
+
+
+def _finite(data: bytes, dtype: str) -> bool:
+    import numpy as np
+
+    if dtype == "bfloat16":  # all exponent bits set: infinity or NaN
+        bits = np.frombuffer(data, "<u2", count=len(data) // 2)
+        return not bool(((bits & 0x7F80) == 0x7F80).any())
+    kind = np.dtype(dtype)
+    return bool(np.isfinite(np.frombuffer(data, kind, count=len(data) // kind.itemsize)).all())
+
+
+def _tensors(graph, weights_only: bool = False):
+    """The tensors of a graph and of its subgraphs: the initializers (the weights) and, unless `weights_only`, the
+    tensors held in node attributes (constants, which may carry -inf on purpose, e.g. for a mask)."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if not weights_only:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+            yield from (t for sub in [*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs]
+                        for t in _tensors(sub, weights_only))
+
+
+def external_data(root: Path, graph_name: str, graph) -> dict[str, list[tuple]]:
+    """{file (bundle-relative): [(tensor, offset, byte length or None), ...]} for every tensor of the graph whose bytes
+    are in another file (ONNX external data: a path relative to the graph's folder, an offset and a length)."""
+    found: dict[str, list[tuple]] = {}
+    for tensor in _tensors(graph.graph):
+        if tensor.data_location != _EXTERNAL:
+            continue
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        location = entries.get("location", "")
+        name = posixpath.normpath(posixpath.join(posixpath.dirname(graph_name), location)) if location else ""
+        _check_inside(root, name, f"the external data of {tensor.name} in {graph_name}")
         try:
-            matches = mode != "hash" or sha256_file(path) == entry["sha256"]
-        except OSError as exc:
-            raise EdgeVLMError(f"cannot read {path}: {exc.strerror or exc}") from exc
-        if not matches:
-            raise EdgeVLMError(
-                f"{path} does not match its sha256 in {MANIFEST_FILE}: the file was modified or damaged; "
-                "copy it again or re-export the bundle"
-            )
+            offset = int(entries.get("offset", 0))
+            length = int(entries["length"]) if "length" in entries else None
+        except ValueError:
+            raise EdgeVLMError(f"{root / graph_name}: the external data of {tensor.name} has offset "
+                               f"{entries.get('offset')!r} and length {entries.get('length')!r}, not whole numbers: "
+                               f"{_DAMAGED}") from None
+        found.setdefault(name, []).append((tensor, offset, length))
+    return found
+
+
+def _check_external_listed(root: Path, manifest: dict, graph_name: str, graph) -> None:
+    """Every file a graph reads its weights from is among the manifest's files: one left out would be loaded by ONNX
+    Runtime without its size or sha256 ever being checked."""
+    for name in external_data(root, graph_name, graph):
+        if name not in manifest["files"]:
+            raise EdgeVLMError(f"{root / MANIFEST_FILE}: {name}, which {graph_name} reads its weights from, is not "
+                               f"among its files, so it is never checked: {_DAMAGED}")
+
+
+def _weight_spans(root: Path, graph_name: str, graph) -> dict[str, list[_Span]]:
+    """The float weights of a graph: those stored in the graph file are checked here, and the others are returned as
+    {external-data file: spans} for the pass that reads that file."""
+    import numpy as np
+
+    path = root / graph_name
+    weights = [t for t in _tensors(graph.graph, weights_only=True) if t.data_type in _FLOAT_TYPES]
+    for tensor in weights:
+        if tensor.data_location == _EXTERNAL:
+            continue
+        dtype = _FLOAT_TYPES[tensor.data_type]
+        if tensor.raw_data:
+            data = tensor.raw_data
+        elif tensor.data_type in (10, 16):  # float16 / bfloat16 values kept as their 16 bits in int32_data
+            data = np.asarray(tensor.int32_data, "<u2").tobytes()
+        else:
+            data = np.asarray(tensor.double_data if tensor.data_type == 11 else tensor.float_data, dtype).tobytes()
+        if not _finite(data, dtype):
+            raise EdgeVLMError(f"{path}: the weight {tensor.name} holds NaN or infinity: the weights are damaged; "
+                               "export the bundle again")
+    spans: dict[str, list[_Span]] = {}
+    floats = {id(t) for t in weights}
+    for name, entries in external_data(root, graph_name, graph).items():
+        for tensor, offset, length in entries:
+            if id(tensor) not in floats:
+                continue
+            dtype = _FLOAT_TYPES[tensor.data_type]
+            size = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+            nbytes = length if length is not None else size * int(np.prod(tensor.dims, dtype=np.int64))
+            spans.setdefault(name, []).append(_Span(offset, nbytes, dtype, f"the weight {tensor.name} of {graph_name}"))
+    return spans
+
+
+def _npy_spans(path: Path) -> list[_Span]:
+    """The embedding table's values; none when its header cannot be read (the hash or check_contents says why)."""
+    import numpy as np
+
+    try:
+        table = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return []
+    if table.dtype.kind != "f" or not isinstance(table, np.memmap):
+        return []
+    return [_Span(int(table.offset), int(table.nbytes), table.dtype.str, "the embedding table")]
 
 
 def check_contents(directory: str | Path, manifest: dict) -> None:
@@ -261,6 +443,7 @@ def check_contents(directory: str | Path, manifest: dict) -> None:
     precision, model = manifest["precision"], manifest["model"]
     decoder_path = root / manifest["roles"]["decoder"]
     decoder = _read_graph(decoder_path, "decoder")
+    _check_external_listed(root, manifest, manifest["roles"]["decoder"], decoder)
     found = _decoder_precision(decoder)
     if found != precision["decoder"]:
         raise EdgeVLMError(f"{manifest_path} says the decoder is {precision['decoder']}, but {decoder_path} is an "
@@ -275,6 +458,7 @@ def check_contents(directory: str | Path, manifest: dict) -> None:
                            f"of {decoder_path}: {_DAMAGED}")
     vision_path = root / manifest["roles"]["vision"]
     vision = _read_graph(vision_path, "vision model")
+    _check_external_listed(root, manifest, manifest["roles"]["vision"], vision)
     found = "fp16" if any(t.data_type == _FLOAT16 for t in vision.graph.initializer) else "fp32"
     if found != precision["vision"]:
         raise EdgeVLMError(f"{manifest_path} says the vision part is {precision['vision']}, but {vision_path} is an "
@@ -309,13 +493,19 @@ def _check_vision_output(manifest_path: Path, vision_path: Path, graph, model: d
 # on) and a message subset declared with onnx.proto's field numbers: the `onnx` package is an export-side install,
 # and importing it costs most of a second (ml_dtypes) on every `ask --bundle`. Fields not declared are skipped.
 _FLOAT, _FLOAT16 = 1, 10  # onnx.TensorProto.DataType
+_EXTERNAL = 1  # onnx.TensorProto.DataLocation: the tensor's bytes are in another file
 _ONNX_SUBSET = {  # message: {field: (number, type, repeated)}; a type in capitals is another message here
     "Model": {"graph": (7, "Graph", False)},
     "Graph": {"node": (1, "Node", True), "initializer": (5, "Tensor", True), "input": (11, "ValueInfo", True),
               "output": (12, "ValueInfo", True)},
     "Node": {"input": (1, "string", True), "op_type": (4, "string", False), "attribute": (5, "Attribute", True)},
-    "Attribute": {"name": (1, "string", False), "i": (3, "int64", False)},
-    "Tensor": {"dims": (1, "int64", True), "data_type": (2, "int32", False), "name": (8, "string", False)},
+    "Attribute": {"name": (1, "string", False), "i": (3, "int64", False), "t": (5, "Tensor", False),
+                  "g": (6, "Graph", False), "tensors": (10, "Tensor", True), "graphs": (11, "Graph", True)},
+    "Tensor": {"dims": (1, "int64", True), "data_type": (2, "int32", False), "float_data": (4, "float", True),
+               "int32_data": (5, "int32", True), "name": (8, "string", False), "raw_data": (9, "bytes", False),
+               "double_data": (10, "double", True), "external_data": (13, "Entry", True),
+               "data_location": (14, "int32", False)},
+    "Entry": {"key": (1, "string", False), "value": (2, "string", False)},
     "ValueInfo": {"name": (1, "string", False), "type": (2, "Type", False)},
     "Type": {"tensor_type": (1, "TensorType", False)},
     "TensorType": {"elem_type": (1, "int32", False), "shape": (2, "Shape", False)},
@@ -331,7 +521,8 @@ def _model_class():
         from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
         field = descriptor_pb2.FieldDescriptorProto
-        scalar = {"string": field.TYPE_STRING, "int64": field.TYPE_INT64, "int32": field.TYPE_INT32}
+        scalar = {"string": field.TYPE_STRING, "int64": field.TYPE_INT64, "int32": field.TYPE_INT32,
+                  "float": field.TYPE_FLOAT, "double": field.TYPE_DOUBLE, "bytes": field.TYPE_BYTES}
         package = "edge_vlm_onnx_subset"
         file = descriptor_pb2.FileDescriptorProto(name=f"{package}.proto", package=package, syntax="proto2")
         for name, fields in _ONNX_SUBSET.items():

@@ -12,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.export.conftest import export_base, exportable_tiny, int4_bundle  # noqa: F401
@@ -98,6 +99,25 @@ def _no_hash(bundle: Path):
     edit_manifest(bundle, lambda m: m["files"]["vision.onnx"].pop("sha256"))
 
 
+def _unlisted(name: str):
+    """A file the runtime reads left out of the manifest's `files` (so its size and sha256 would never be checked),
+    then damaged: only the rule that every such file is listed can refuse it."""
+    def damage(bundle: Path):
+        edit_manifest(bundle, lambda m: m["files"].pop(name))
+        path = bundle / name
+        path.write_bytes(b"\xff" * path.stat().st_size)
+    return damage
+
+
+def _tokenizer_json_unlisted(bundle: Path):
+    """The tokenizer role points at tokenizer_config.json; the tokenizer.json beside it, which is what the runtime
+    reads, is left out of `files`."""
+    def change(manifest):
+        manifest["roles"]["tokenizer"] = "tokenizer_config.json"
+        manifest["files"].pop("tokenizer.json")
+    edit_manifest(bundle, change)
+
+
 # (id, damage, text the error must contain): the manifest itself, then its paths, then the files, then the manifest
 # against the files. All are refused by `ask --bundle`, `info` and `bench --bundle` alike.
 DAMAGED = [
@@ -118,6 +138,12 @@ DAMAGED = [
      "tensorrt.vision needs"),
     ("role-not-in-files", _role_not_listed, "the tokenizer file tokenizer.json is not among its files"),
     ("file-entry-no-hash", _no_hash, "the entry of vision.onnx needs 'bytes'"),
+    ("decoder-data-not-listed", _unlisted("decoder/model.onnx.data"),
+     "decoder/model.onnx.data, which decoder/model.onnx reads its weights from, is not among its files"),
+    ("vision-data-not-listed", _unlisted("vision.onnx.data"),
+     "vision.onnx.data, which vision.onnx reads its weights from, is not among its files"),
+    ("tokenizer-json-not-listed", _tokenizer_json_unlisted,
+     "tokenizer.json, which the runtime reads the tokenizer from, is not among its files"),
     ("onnx-missing", lambda b: (b / "vision.onnx").unlink(), "is missing vision.onnx"),
     ("onnx-truncated", _truncate("decoder/model.onnx"), "model.onnx is truncated"),
     ("fp16-over-int4-graph", _manifest(_set("precision.decoder", "fp16")),
@@ -164,6 +190,139 @@ def test_info_describes_a_damaged_bundle_before_refusing_it(refused, bundle):
     (bundle / "embeddings.npy").write_bytes(b"")
     outcome = refused("info", bundle, match="embeddings.npy is truncated (0 bytes", watch=[bundle.parent])
     assert "precision         vision fp32, decoder int4" in outcome.stdout
+
+
+# ---------------------------------------------------------------------------- weights that are not numbers (info)
+# Each damage keeps the manifest's hashes true (re-hashed with hashlib), so only the finite-weights check sees it.
+# Where the tensors lie is read with the onnx package (load_external_data=False), not with the code under test.
+def _onnx_external(bundle: Path, graph: str):
+    import onnx
+
+    model = onnx.load(str(bundle / graph), load_external_data=False)
+    return {t.name: {e.key: e.value for e in t.external_data} for t in model.graph.initializer
+            if t.data_location == onnx.TensorProto.EXTERNAL}
+
+
+def _fill_nan(name: str):
+    def damage(bundle: Path):
+        size = (bundle / name).stat().st_size
+        (bundle / name).write_bytes(np.full(size // 4, np.nan, "<f4").tobytes())
+        rehash(bundle, name)
+    return damage
+
+
+def _fill_ff(name: str):
+    def damage(bundle: Path):
+        (bundle / name).write_bytes(b"\xff" * (bundle / name).stat().st_size)
+        rehash(bundle, name)
+    return damage
+
+
+def _decoder_scales_nan(bundle: Path) -> str:
+    """One MatMulNBits node's float scales (its third input) set to NaN inside decoder/model.onnx.data."""
+    import onnx
+
+    model = onnx.load(str(bundle / "decoder" / "model.onnx"), load_external_data=False)
+    scales = next(node.input[2] for node in model.graph.node if node.op_type == "MatMulNBits")
+    entry = _onnx_external(bundle, "decoder/model.onnx")[scales]
+    tensor = next(t for t in model.graph.initializer if t.name == scales)
+    assert tensor.data_type == onnx.TensorProto.FLOAT  # the CPU INT4 export keeps fp32 scales
+    data = bytearray((bundle / "decoder" / "model.onnx.data").read_bytes())
+    offset, length = int(entry.get("offset", 0)), int(entry["length"])
+    data[offset:offset + length] = np.full(length // 4, np.nan, "<f4").tobytes()
+    (bundle / "decoder" / "model.onnx.data").write_bytes(bytes(data))
+    rehash(bundle, "decoder/model.onnx.data")
+    return scales
+
+
+def _vision_inline_nan(bundle: Path) -> str:
+    """A float initializer stored inside vision.onnx itself (not in its external data) set to NaN."""
+    import onnx
+
+    path = bundle / "vision.onnx"
+    model = onnx.load(str(path), load_external_data=False)
+    tensor = next(t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and t.raw_data
+                  and t.data_location != onnx.TensorProto.EXTERNAL)
+    tensor.raw_data = np.full(len(tensor.raw_data) // 4, np.nan, "<f4").tobytes()
+    onnx.save_model(model, str(path))
+    rehash(bundle, "vision.onnx")
+    return tensor.name
+
+
+def _embedding_one_inf(bundle: Path):
+    table = np.load(bundle / "embeddings.npy")
+    table[7, 3] = np.inf
+    np.save(bundle / "embeddings.npy", table)
+    rehash(bundle, "embeddings.npy")
+
+
+NON_FINITE = [
+    ("vision-data-nan", _fill_nan("vision.onnx.data"), "vision.onnx.data: the weight "),
+    ("decoder-data-ff", _fill_ff("decoder/model.onnx.data"), "model.onnx.data: the weight "),
+    ("embeddings-one-inf", _embedding_one_inf, "embeddings.npy: the embedding table holds NaN or infinity"),
+]
+
+
+@pytest.mark.parametrize("damage,match", [pytest.param(d, m, id=i) for i, d, m in NON_FINITE])
+def test_info_refuses_non_finite_weights(refused, bundle, damage, match):
+    damage(bundle)
+    refused("info", bundle, match=match, watch=[bundle.parent])
+
+
+@pytest.mark.parametrize("damage,graph", [(_decoder_scales_nan, "decoder/model.onnx"),
+                                          (_vision_inline_nan, "vision.onnx")], ids=["decoder-scales", "vision-inline"])
+def test_info_names_the_non_finite_tensor(refused, bundle, damage, graph):
+    name = damage(bundle)
+    outcome = refused("info", bundle, match=f"the weight {name} ", watch=[bundle.parent])
+    assert "holds NaN or infinity" in outcome.stderr and graph.split("/")[-1] in outcome.stderr
+
+
+def test_info_verify_size_reads_no_weight(refused, bundle):
+    """--verify size is the quick check: neither hashes nor weight values are read (as documented)."""
+    _fill_nan("vision.onnx.data")(bundle)
+    outcome = refused.run("info", bundle, "--verify", "size")
+    assert outcome.code == 0 and "every file's size;" in outcome.stdout, outcome.stderr
+
+
+# ------------------------------------------------------------------------------------------ checkpoints (info)
+def _edit_weights(change):
+    """Rewrite a checkpoint's model.safetensors through safetensors itself with `change(tensors)` applied."""
+    def damage(checkpoint: Path):
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(checkpoint / "model.safetensors")
+        change(tensors)
+        save_file(tensors, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    return damage
+
+
+def _first(tensors: dict, part: str) -> str:
+    return next(name for name in sorted(tensors) if part in name)
+
+
+CHECKPOINT_DAMAGED = [
+    ("tensor-missing", _edit_weights(lambda t: t.pop("lm_head.bias")), "1 tensors missing (lm_head.bias)"),
+    ("tensor-reshaped", _edit_weights(lambda t: t.__setitem__("lm_head.bias", t["lm_head.bias"][:7].clone())),
+     "1 tensors of the wrong shape (lm_head.bias"),
+    ("projector-nan", _edit_weights(lambda t: t["model.multi_modal_projector.linear_1.weight"].fill_(float("nan"))),
+     "the weight model.multi_modal_projector.linear_1.weight holds NaN or infinity"),
+    ("llm-one-inf", _edit_weights(lambda t: t[_first(t, "mlp.fc1.weight")].view(-1).__setitem__(5, float("inf"))),
+     "mlp.fc1.weight holds NaN or infinity"),
+]
+
+
+@pytest.mark.parametrize("damage,match", [pytest.param(d, m, id=i) for i, d, m in CHECKPOINT_DAMAGED])
+def test_info_runs_the_checks_loading_runs(refused, exportable_tiny, tmp_path, damage, match):  # noqa: F811
+    checkpoint = Path(shutil.copytree(exportable_tiny, tmp_path / "checkpoint"))
+    damage(checkpoint)
+    outcome = refused("info", checkpoint, match=match, watch=[checkpoint])
+    assert "checkpoint " in outcome.stdout  # described first, as for a bundle
+
+
+def test_info_intact_checkpoint(refused, exportable_tiny):  # noqa: F811
+    outcome = refused.run("info", exportable_tiny)
+    assert outcome.code == 0 and outcome.stderr == "", outcome.stderr
+    assert "every float weight finite: OK" in outcome.stdout
 
 
 def test_info_reports_unreadable_checkpoint_weights(refused, exportable_tiny, tmp_path):  # noqa: F811
@@ -293,7 +452,8 @@ def test_bench_failed_backend_is_reported_on_stderr(refused, exportable_tiny, in
     """A backend that fails while measuring: exit 1, one stderr line naming it, the other backend still measured and
     its numbers written."""
     checkpoint = Path(shutil.copytree(exportable_tiny, tmp_path / "checkpoint"))
-    (checkpoint / "model.safetensors").write_bytes(b"\x00garbage" * 64)
+    # NaN weights: whole files with every tensor, so only loading (in the worker) finds them
+    _edit_weights(lambda t: t["model.multi_modal_projector.linear_1.weight"].fill_(float("nan")))(checkpoint)
     report = tmp_path / "report.json"
     outcome = refused.run(*BENCH, "--model", checkpoint, "--bundle", int4_bundle, "--backend", "torch-fp32,ort-int4",
                           "--prompt-tokens", "72", "--json", report)

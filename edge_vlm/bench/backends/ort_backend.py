@@ -15,16 +15,20 @@ from edge_vlm.errors import EdgeVLMError
 from edge_vlm.imaging import preprocess
 
 
+def providers_for(spec: BackendSpec, device: str) -> list[str]:
+    """The execution providers a backend asks for (edge_vlm.runtime.providers names)."""
+    if spec.tensorrt_vision:
+        return ["tensorrt", "cuda", "cpu"]
+    return ["cuda", "cpu"] if device == "cuda" else ["cpu"]
+
+
 class OrtBackend:
     def __init__(self, spec: BackendSpec, settings: BenchSettings, bundle: str | None):
         if bundle is None:
             raise EdgeVLMError(f"{spec.name} needs a bundle with a {spec.precision} decoder (--bundle DIR)")
         self.spec, self.settings, self.bundle_dir = spec, settings, bundle
         self.device = settings.device
-        if spec.tensorrt_vision:
-            self.providers = ["tensorrt", "cuda", "cpu"]
-        else:
-            self.providers = ["cuda", "cpu"] if self.device == "cuda" else ["cpu"]
+        self.providers = providers_for(spec, self.device)
         self.random_weights = settings.random_weights
 
     def load(self) -> None:
