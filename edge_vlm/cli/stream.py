@@ -125,6 +125,8 @@ def run(args) -> int:
         print(f"edge-vlm stream: {message}", file=sys.stderr, flush=True)
 
     def on_event(event: dict) -> None:
+        if args.quiet:  # --quiet: only the summary (which counts errors, reconnects and undecodable frames)
+            return
         # a source with many undecodable frames would flood the terminal: the first few are named, all are counted
         if event["event"] == "skipped":
             skipped_shown[0] += 1
@@ -148,7 +150,7 @@ def run(args) -> int:
                          speed=args.speed, on_event=on_event)
     engine, info = load_engine(model=args.model, bundle=args.bundle, threads=args.threads, dtype=args.dtype,
                                device=args.device)
-    if info.get("random_weights"):
+    if info.get("random_weights") and not args.quiet:  # the summary says random_weights too
         note(f"{info['path']} has RANDOM weights: the answers are noise, only the timings mean something")
 
     runner = StreamRunner(engine, source, args.prompt, max_hz=args.max_hz, max_age_ms=args.max_age_ms,
@@ -167,6 +169,7 @@ def run(args) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     live = sys.stdout.isatty() and not args.quiet
     errors = []
+    failed = False
     try:
         source.open()
         if args.jsonl:
@@ -197,9 +200,13 @@ def run(args) -> int:
             elif not args.quiet:
                 print(f"[frame {event.frame_seq}] {event.prompt} -> {event.text} ({event.frame_age_ms:.0f} ms, "
                       f"{event.frames_dropped} dropped)", flush=True)
+    except BaseException:
+        failed = True
+        raise
     finally:
         # Every way out (end, signal, a source that failed for good, an error) closes the outputs and, once the
-        # loop has run, prints the summary; an error then still reaches the CLI's one-line report.
+        # loop has answered (or ended without an error), prints the summary; an error then still reaches the CLI's
+        # one-line report.
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         source.close()
@@ -210,7 +217,9 @@ def run(args) -> int:
                 errors.append(f"{type(sink).__name__}: {exc}")
         if live:
             print(flush=True)
-        if runner.started_mono is not None:
+        # A run that failed before its first answer (a damaged model, a source with no readable frame) has no
+        # figures worth a summary: the error is the one line it prints.
+        if runner.started_mono is not None and not (failed and runner.stats.answers == 0):
             summary = runner.summary({
                 "backend": info["backend"], "model": info["path"], "dtype": info.get("dtype"),
                 "device": info.get("device"), "threads": args.threads,
@@ -218,7 +227,7 @@ def run(args) -> int:
                 "prompts": len(args.prompt), "max_hz": args.max_hz, "playback": args.playback,
                 "signal": received[0] if received else None, **memory.summary()})
             note(format_summary(summary))
-            for error in errors:
-                note(f"could not finish an output: {error}")
-            print(json.dumps({"summary": summary}), flush=True)
+            print(json.dumps({"summary": summary}, allow_nan=False), flush=True)  # strict JSON, always
+        for error in errors:
+            note(f"could not finish an output: {error}")
     return 1 if errors else 0

@@ -1,20 +1,69 @@
 """Sources read through OpenCV (the `camera` extra): a camera index, a video file, an RTSP / HTTP URL.
 
 cv2 is imported when a source opens, never by `import edge_vlm` or `import edge_vlm.stream`.
+
+OpenCV and the FFmpeg inside it print their own log lines straight to file descriptor 2 ("[ WARN:0@0.01] ... can't
+open camera by index", "[mov,mp4,...] moov atom not found", "[tcp @ ...] Connection refused") before our one-line
+refusal says the same thing. `_cv2` silences them through the variables OpenCV reads: OPENCV_LOG_LEVEL (when cv2 is
+imported; cv2.utils.logging.setLogLevel covers a cv2 imported earlier) and OPENCV_FFMPEG_LOGLEVEL (an FFmpeg log
+level, -8 = AV_LOG_QUIET, read when OpenCV's FFmpeg backend is first used). Set either yourself to see the messages
+again (e.g. OPENCV_LOG_LEVEL=INFO OPENCV_FFMPEG_LOGLEVEL=24 to debug a camera): a value you set is kept. Some
+readers print whatever the levels say (OpenCV's own AVI parser: "Unexpected element. Expected: LIST"), so a capture
+is also opened with fd 2 held aside: see `_open_holding_stderr`.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from edge_vlm.errors import EdgeVLMError
 from edge_vlm.stream.source import EndOfStream, FrameSource, Grabbed, SourceError
 
+QUIET_OPENCV = {"OPENCV_LOG_LEVEL": "SILENT", "OPENCV_FFMPEG_LOGLEVEL": "-8"}
+
 
 def _cv2():
     from edge_vlm.deps import require
 
-    return require("cv2")
+    user_level = "OPENCV_LOG_LEVEL" in os.environ
+    for key, value in QUIET_OPENCV.items():
+        os.environ.setdefault(key, value)
+    cv2 = require("cv2")
+    if not user_level:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    return cv2
+
+
+def _open_holding_stderr(make):
+    """`make()` (which opens a cv2.VideoCapture) with file descriptor 2 pointed at an anonymous file. If the
+    capture opened, what was written there is passed on to the real stderr (a working source loses no warning); if it
+    did not, it is dropped: the one-line refusal that follows says what is wrong. fd 2 is the process's, so a line
+    another thread writes to stderr during a failed open is dropped too (an open takes milliseconds, up to the URL
+    timeout for a dead stream)."""
+    import sys
+    import tempfile
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no fd 2 (a closed or replaced stderr): nothing to hold
+        return make()
+    # memfd (Linux): a file in memory only, with no name in any folder; elsewhere an unlinked temp file
+    memfd = getattr(os, "memfd_create", None)
+    with (open(memfd("edge-vlm-stderr"), "w+b") if memfd else tempfile.TemporaryFile()) as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            capture = make()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        if capture.isOpened():
+            held.seek(0)
+            text = held.read()
+            while text:
+                text = text[os.write(2, text):]
+    return capture
 
 
 class _OpenCVSource(FrameSource):
@@ -30,7 +79,7 @@ class _OpenCVSource(FrameSource):
 
     def _open(self) -> None:
         cv2 = _cv2()
-        capture = self._make_capture()
+        capture = _open_holding_stderr(self._make_capture)
         if not capture.isOpened():
             capture.release()
             raise SourceError(f"OpenCV could not open {self.target!r}")
@@ -109,6 +158,8 @@ class VideoFileSource(_OpenCVSource):
         if not path.is_file():
             raise EdgeVLMError(f"video file not found: {path}" + (" (it is a directory: use folder:DIR)"
                                                                   if path.is_dir() else ""))
+        if path.stat().st_size == 0:  # refused here, as an empty picture is, before FFmpeg guesses at it
+            raise EdgeVLMError(f"video file {path} is empty (0 bytes)")
         super().__init__(f"video:{path}", str(path), **kwargs)
         self._index = 0
 

@@ -25,8 +25,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 
-from edge_vlm.engine import GenerationConfig, check_question
+from edge_vlm.engine import GenerationConfig, check_question, fit_new_tokens
 from edge_vlm.errors import EdgeVLMError
+from edge_vlm.prompting import inference_prompt
 from edge_vlm.stream.source import EndOfStream, Frame, FrameSource, check_positive
 from edge_vlm.stream.stats import RunStats
 
@@ -120,14 +121,27 @@ class StreamRunner:
         self._last_frame: Frame | None = None
         self._last_prepared = None
 
-    @staticmethod
-    def _check_prompts(prompts) -> list[str]:
+    def _check_prompts(self, prompts) -> list[str]:
         if isinstance(prompts, str):
             prompts = [prompts]
         cleaned = [str(p) for p in prompts]
         for prompt in cleaned:
             check_question(prompt, "a prompt")  # empty, or not UTF-8 (see check_question)
+            self._check_fits(prompt)
         return cleaned
+
+    def _check_fits(self, prompt: str) -> None:
+        """A prompt too long for the model's context is refused now, before the loop starts (or the question is
+        queued), not at the first frame. Engines without a tokenizer and context length (test doubles) are not
+        checked."""
+        engine = self.engine
+        tokenizer = getattr(engine, "tokenizer", None)
+        image_tokens = getattr(engine, "num_image_tokens", None)
+        context = getattr(engine, "context_length", None)
+        if tokenizer is None or not isinstance(image_tokens, int) or not isinstance(context, int):
+            return
+        ids = tokenizer.encode_prompt(inference_prompt(prompt, None, has_image=True), image_tokens)
+        fit_new_tokens(len(ids), context, self.generation.max_new_tokens)
 
     # ---- control, from any thread -------------------------------------------------------------------------------
     @property

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,16 +180,102 @@ def test_stream_refuses_an_empty_or_missing_folder_source(refused, tiny_checkpoi
     refused(*stream_args(tiny_checkpoint, f"folder:{folder}"), match=match, watch=[tmp_path])
 
 
-def test_stream_of_only_corrupt_frames_fails_with_its_summary(refused, tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("flag, value, match", [
+    ("--max-hz", "nan", "argument --max-hz: 'nan' is not a finite number"),
+    ("--max-hz", "0", "argument --max-hz: must be a number > 0, got 0"),
+    ("--max-hz", "-2", "argument --max-hz: must be a number > 0, got -2"),
+    ("--max-hz", "inf", "argument --max-hz: 'inf' is not a finite number"),
+    ("--fps", "nan", "argument --fps: 'nan' is not a finite number"),
+    ("--fps", "0", "argument --fps: must be a frame rate > 0 and <= 1000, got 0"),
+    ("--fps", "1e999", "argument --fps: '1e999' is not a finite number"),  # float() reads it as infinity
+    ("--fps", "5000", "argument --fps: must be a frame rate > 0 and <= 1000, got 5000"),
+    ("--max-age-ms", "nan", "argument --max-age-ms: 'nan' is not a finite number"),
+    ("--max-age-ms", "0", "argument --max-age-ms: must be a number > 0, got 0"),
+    ("--duration", "nan", "argument --duration: 'nan' is not a finite number"),
+    ("--duration", "-5", "argument --duration: must be a number > 0, got -5"),
+    ("--speed", "nan", "argument --speed: 'nan' is not a finite number"),
+    ("--speed", "0", "argument --speed: must be a number > 0, got 0"),
+    ("--speed", "-inf", "argument --speed: '-inf' is not a finite number"),
+    ("--fps", "fast", "argument --fps: expected a number, got 'fast'"),
+])
+def test_stream_refuses_a_rate_or_time_that_is_not_a_positive_number(refused, tiny_checkpoint, flag, value, match):
+    refused(*stream_args(tiny_checkpoint, "synthetic", f"{flag}={value}"), match=match)
+
+
+def test_stream_refuses_a_synthetic_rate_that_is_not_a_number(refused, tiny_checkpoint):
+    refused(*stream_args(tiny_checkpoint, "synthetic:nan"), match="synthetic fps must be a finite number > 0, got nan")
+
+
+def test_stream_refuses_a_prompt_longer_than_the_context_before_starting(refused, tiny_checkpoint, tmp_path):
+    jsonl = tmp_path / "answers.jsonl"
+    refused("stream", "--model", tiny_checkpoint, "--source", "synthetic", "--prompt", "red " * 5000, "--jsonl",
+            jsonl, "--quiet", match="but the model's context is", watch=[tmp_path])
+    assert not jsonl.exists()
+
+
+def test_stream_with_a_model_whose_output_overflows_fails_in_one_line(refused, tiny_checkpoint, tmp_path):
+    """No frame was answered: the error is the only line, no summary (nor its stdout record)."""
+    from tests.bad_inputs.test_train_eval import overflowing
+
+    model = overflowing(Path(shutil.copytree(tiny_checkpoint, tmp_path / "model")))
+    outcome = refused("stream", "--model", model, "--source", "synthetic", "--prompt", "What is it?",
+                      "--max-new-tokens", "2", "--quiet", match="the model's output holds NaN or infinity")
+    assert outcome.stdout == ""
+
+
+def _garbage_video(path):
+    path.write_bytes(bytes(range(256)) * 64)  # no container signature: FFmpeg probes it and gives up
+    return f"video:{path}"
+
+
+def _truncated_video(path):
+    """A real MJPG .avi (OpenCV writes it), cut to its first 300 bytes: the header survives, the frames do not."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
+    for _ in range(5):
+        writer.write(np.zeros((24, 32, 3), np.uint8))
+    writer.release()
+    path.write_bytes(path.read_bytes()[:300])
+    return f"video:{path}"
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda tmp: _garbage_video(tmp / "clip.mp4"), "not a video OpenCV can decode"),
+    (lambda tmp: _truncated_video(tmp / "clip.avi"), "clip.avi"),
+    (lambda tmp: "camera:99", "OpenCV could not open 99"),  # no /dev/video99 on a test machine
+    (lambda tmp: "rtsp://127.0.0.1:1/stream", "OpenCV could not open 'rtsp://127.0.0.1:1/stream'"),  # port 1: refused
+])
+def test_stream_refuses_a_video_camera_or_url_it_cannot_open_in_one_line(refused, tiny_checkpoint, tmp_path, make,
+                                                                        match):
+    """OpenCV's and FFmpeg's own log lines ('moov atom not found', '[ WARN:0] can't open camera by index', 'Connection
+    refused') would come before our line: they are silenced. In a fresh process, since they go straight to fd 2."""
+    source = make(tmp_path)
+    refused(*stream_args(tiny_checkpoint, source, "--quiet"), match=match, watch=[tmp_path], isolated=True)
+
+
+def test_stream_refuses_an_empty_video_before_ffmpeg_sees_it(refused, tiny_checkpoint, tmp_path):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    for source in (f"video:{tmp_path / 'empty.mp4'}", tmp_path / "empty.mp4"):
+        refused(*stream_args(tiny_checkpoint, source), match=f"video file {tmp_path / 'empty.mp4'} is empty (0 bytes)",
+                watch=[tmp_path])
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_stream_of_only_corrupt_frames_fails_in_one_line(refused, tiny_checkpoint, tmp_path, quiet):
+    """Nothing was answered, so there is no summary: the error is the last line; --quiet leaves only that line
+    (without it, the first undecodable frames are named before it)."""
     write_frames(tmp_path / "frames", "B" * 7)
     jsonl = tmp_path / "answers.jsonl"
     outcome = refused.run(*stream_args(tiny_checkpoint, f"folder:{tmp_path / 'frames'}", "--playback", "lossless",
-                                       "--jsonl", jsonl))
+                                       "--jsonl", jsonl, *(["--quiet"] if quiet else [])))
     assert "Traceback" not in outcome.stderr and outcome.code == 2, outcome.stderr
-    assert outcome.stderr.strip().splitlines()[-1] == (
+    lines = outcome.stderr.strip().splitlines()
+    assert lines[-1] == (
         f"edge-vlm stream: error: source folder:{tmp_path / 'frames'} failed: none of its 7 frame(s) could be decoded")
-    summary = summary_of(outcome.stdout)
-    assert summary["bad_frames"] == 7 and summary["answers"] == 0 and "could be decoded" in summary["stop_reason"]
+    skipped = sum(": skipped: " in line for line in lines)
+    assert (len(lines), skipped) == ((1, 0) if quiet else (len(lines), 7)), outcome.stderr
+    assert outcome.stdout == ""  # no summary record either
     assert jsonl.read_text() == ""  # complete: no answer, no half line
 
 
@@ -200,7 +288,7 @@ def test_stream_skips_runs_of_corrupt_frames_and_answers_every_good_one(refused,
     good = write_frames(tmp_path / "frames", pattern)
     jsonl = tmp_path / "answers.jsonl"
     outcome = refused.run(*stream_args(tiny_checkpoint, f"folder:{tmp_path / 'frames'}", "--playback", playback,
-                                       "--fps", "50", "--jsonl", jsonl, "--quiet"))
+                                       "--fps", "50", "--jsonl", jsonl, *(["--quiet"] if playback == "lossless" else [])))
     assert outcome.code == 0, outcome.stderr
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
     summary = summary_of(outcome.stdout)
@@ -211,8 +299,9 @@ def test_stream_skips_runs_of_corrupt_frames_and_answers_every_good_one(refused,
     assert answered == sorted(answered) and set(answered) <= set(good)
     if playback == "lossless":
         assert answered == good
-    # the first few are named, then only counted
-    assert sum("skipped: cannot read image" in line for line in outcome.stderr.splitlines()) == 10
+    # the first few are named, then only counted; --quiet names none
+    named = sum("skipped: cannot read image" in line for line in outcome.stderr.splitlines())
+    assert named == (0 if playback == "lossless" else 10)
 
 
 # ---------------------------------------------------------------------------------------------------- data synth
