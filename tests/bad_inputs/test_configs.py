@@ -170,7 +170,7 @@ def synth_data(tmp_path):
     ("caf\u00e9".encode("latin-1"), "{path}:1: the answers file is not UTF-8 text"),
     ('[{"question_id": "q0", "text": "red"}]\n', "{path}:1: expected a JSON object per line, got list"),
     ('{"question_id": "q0", "text": "red"}\n{"question_id": "q1", "text": \n', "{path}:2:31: Expecting value"),  # hand-counted: line 2 ends at column 30
-    ('{"question_id": "q0", "text": NaN}\n', "{path}:1: NaN is not a JSON value"),
+    ('{"question_id": "q0", "text": NaN}\n', "{path}:1:31: NaN is not a JSON value"),  # hand-counted: N is column 31
     ('{"question_id": "q0", "text": 5}\n', "answer record 1 has a 'text' that is not a string (int)"),
     ('{"question_id": "elsewhere", "text": "red"}\n', "no answer in {path} matches a question"),
 ])
