@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import PurePosixPath
 
 import pytest
 
@@ -115,3 +116,25 @@ def test_only_a_bundle_is_replaceable(copy, tmp_path, exportable_tiny):
     assert not is_bundle_dir(notes)
     (notes / "manifest.json").write_bytes(b"\xff\xfe")
     assert not is_bundle_dir(notes)
+
+
+@pytest.mark.parametrize("bundle_fixture", ["fp32_bundle", "int4_bundle"])
+def test_export_lists_every_file_the_runtime_reads(request, bundle_fixture):
+    """Every external-data file the graphs name (found by onnx's own external_data_helper) and the tokenizer.json
+    the runtime reads are in the manifest's files; the runtime's reader finds the same external-data files."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    from edge_vlm.runtime.bundle import _read_graph, external_data
+
+    root = request.getfixturevalue(bundle_fixture)
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert "tokenizer.json" in manifest["files"]
+    for role in ("vision", "decoder"):
+        name = manifest["roles"][role]
+        model = onnx.load(str(root / name), load_external_data=False)
+        folder = PurePosixPath(name).parent
+        theirs = {(folder / ExternalDataInfo(t).location).as_posix() for t in _get_all_tensors(model)
+                  if uses_external_data(t)}
+        assert theirs and theirs <= set(manifest["files"]), (role, theirs)
+        assert set(external_data(root, name, _read_graph(root / name, role))) == theirs
