@@ -118,6 +118,18 @@ def _tokenizer_json_unlisted(bundle: Path):
     edit_manifest(bundle, change)
 
 
+def _external_data_outside(bundle: Path):
+    """vision.onnx (re-hashed) names a file outside the bundle as one tensor's external data."""
+    import onnx
+
+    path = bundle / "vision.onnx"
+    model = onnx.load(str(path), load_external_data=False)
+    tensor = next(t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
+    next(e for e in tensor.external_data if e.key == "location").value = "../../../../etc/hostname"
+    onnx.save_model(model, str(path))
+    rehash(bundle, "vision.onnx")
+
+
 # (id, damage, text the error must contain): the manifest itself, then its paths, then the files, then the manifest
 # against the files. All are refused by `ask --bundle`, `info` and `bench --bundle` alike.
 DAMAGED = [
@@ -142,6 +154,7 @@ DAMAGED = [
      "decoder/model.onnx.data, which decoder/model.onnx reads its weights from, is not among its files"),
     ("vision-data-not-listed", _unlisted("vision.onnx.data"),
      "vision.onnx.data, which vision.onnx reads its weights from, is not among its files"),
+    ("external-data-outside", _external_data_outside, "'../../../../etc/hostname', outside the bundle"),
     ("tokenizer-json-not-listed", _tokenizer_json_unlisted,
      "tokenizer.json, which the runtime reads the tokenizer from, is not among its files"),
     ("onnx-missing", lambda b: (b / "vision.onnx").unlink(), "is missing vision.onnx"),
