@@ -10,8 +10,10 @@ import glob
 import json
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Collection
+from contextlib import contextmanager
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -275,12 +277,28 @@ class _AtomicDir:
                 shutil.rmtree(self.tmp, ignore_errors=True)
                 raise
             old = self.target.with_name(f".{self.target.name}.old-{self.tmp.name[-8:]}")
-            self.target.rename(old)
-            self.tmp.rename(self.target)
+            with _signals_held():  # Ctrl-C / SIGTERM between the two renames would leave no output in place
+                self.target.rename(old)
+                self.tmp.rename(self.target)
             shutil.rmtree(old, ignore_errors=True)
         else:
             self.tmp.rename(self.target)
         return False
+
+
+@contextmanager
+def _signals_held():
+    """Ctrl-C and SIGTERM wait until the block is done (they are delivered right after it)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (AttributeError, OSError, ValueError):  # no pthread_sigmask (Windows): run the block as it is
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def plain_modes(root: Path) -> None:
