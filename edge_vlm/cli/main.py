@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import logging
 import os
 import signal
 import sys
@@ -124,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     # No model hub on these machines and none wanted at run time: everything loads from local directories.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # bitsandbytes (on a CPU with AVX-512 BF16) tries to fetch a faster 4-bit kernel from the model hub when it is
+    # imported and logs a warning when it cannot; it then uses its own kernel, so the line is noise to a user here.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         with sigterm_as_interrupt():
             code = int(args._run(args) or 0)
