@@ -193,9 +193,9 @@ def run(args: argparse.Namespace) -> int:
     from edge_vlm.cli.main import one_line
 
     settings, prompt_source = _settings(args)
+    _check_outputs(args)  # cheap, so first: `prepare` may spend seconds checking a checkpoint in a child process
     notes: list[str] = []
     settings, bundles = prepare(settings, prompt_source, log=notes.append)
-    _check_outputs(args)
     for note in notes:  # after every refusal: a refused run prints its one error line alone
         print(note, file=sys.stderr, flush=True)
     command = "edge-vlm " + shlex.join(sys.argv[1:])
