@@ -4,6 +4,7 @@ picture exactly as `edge-vlm ask` does. Skipped, with the reason, where chromium
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -24,12 +25,16 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="no headless b
 
 
 @pytest.fixture
-def browser():
+def browser(tmp_path_factory):
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in FLAGS:
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    # chromium leaves its singleton folder (org.chromium.Chromium.*) in TMPDIR after quitting: keep it in pytest's
+    # own temp folder rather than in the machine's /tmp
+    scratch = tmp_path_factory.mktemp("chromium")
+    service = Service(DRIVER, env={**os.environ, "TMPDIR": str(scratch)})
+    driver = webdriver.Chrome(service=service, options=options)
     yield driver
     driver.quit()
 
