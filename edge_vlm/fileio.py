@@ -89,14 +89,18 @@ def check_output_file(path: str | Path, what: str = "output", ours: Callable[[Pa
 
 
 def read_head(path: Path, limit: int = 1 << 16) -> bytes:
-    """The first `limit` bytes of a file (what a recogniser looks at; a user's huge file is never read whole)."""
+    """The first `limit` bytes of a file (what a recogniser looks at; a user's huge file is never read whole).
+    Anything but a regular file reads as empty: opening a FIFO would wait for a writer forever."""
+    if not path.is_file():
+        return b""
     with open(path, "rb") as handle:
         return handle.read(limit)
 
 
 def json_object(path: Path, limit: int = 1 << 26) -> dict | None:
-    """The file's JSON object (UTF-8, at most `limit` bytes), or None when it is anything else."""
-    if path.stat().st_size > limit:
+    """The file's JSON object (UTF-8, at most `limit` bytes), or None when it is anything else (a FIFO, a device or
+    a folder included: reading one could block or never end)."""
+    if not path.is_file() or path.stat().st_size > limit:
         return None
     try:
         value = json.loads(path.read_bytes())

@@ -54,7 +54,7 @@ from edge_vlm.data.scene import (
 )
 from edge_vlm.engine import MAX_SEED
 from edge_vlm.errors import EdgeVLMError
-from edge_vlm.fileio import atomic_dir, is_empty_dir, owning
+from edge_vlm.fileio import atomic_dir, is_empty_dir, json_object, owning
 from edge_vlm.prompting import IMAGE_PLACEHOLDER
 
 __all__ = ["MovingScene", "moving_scene_frame", "write_world", "GENERATOR_VERSION"]
@@ -242,10 +242,10 @@ def is_world(path: Path) -> bool:
     """Whether `path` holds a world this generator wrote (its world.json manifest): only such a folder (or an empty
     one) may be replaced with --force, and only when it holds no file but WORLD_FILES."""
     try:
-        manifest = json.loads((path / "world.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        manifest = json_object(path / "world.json")  # None for a FIFO or device named so: never blocks on one
+    except OSError:
         return False
-    return isinstance(manifest, dict) and "generator_version" in manifest and "counts" in manifest
+    return manifest is not None and "generator_version" in manifest and "counts" in manifest
 
 
 def write_world(out: str | Path, seed: int = 0, train: int = 10_000, eval_size: int = 1_400,

@@ -521,3 +521,16 @@ def test_rewriting_an_output_file_keeps_its_mode(tmp_path):
     with umask(0o022):
         atomic_write(report, "{}\n")
     assert mode(report) == 0o640
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_recognising_an_earlier_output_never_opens_a_fifo(refused, tiny_checkpoint, tmp_path):
+    """A FIFO where an earlier output's marker file would be: opening it would wait for a writer forever."""
+    world = tmp_path / "world"
+    world.mkdir()
+    os.mkfifo(world / "world.json")
+    refused("data", "synth", "--quiet", "--out", world, "--train", "2", "--eval", "1", "--force",
+            match="is a folder that is neither", isolated=True, timeout=60, watch=[tmp_path])
+    os.mkfifo(tmp_path / "report.json")
+    refused("bench", "--model", tiny_checkpoint, "--json", tmp_path / "report.json", match="not written by edge-vlm",
+            isolated=True, timeout=60, watch=[tmp_path])
