@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edge_vlm.configfile import read_text_file
 from edge_vlm.eval.benchmarks.base import (
     SHORT_ANSWER,
     Benchmark,
@@ -32,7 +33,7 @@ def read_release_truth(release: Path) -> dict[tuple[str, str, str], str]:
     for category_dir in sorted(p for p in release.iterdir() if p.is_dir()):
         qa_dir = category_dir / "questions_answers_YN" if (category_dir / "images").is_dir() else category_dir
         for txt in sorted(qa_dir.glob("*.txt")):
-            for line in txt.read_text(encoding="utf-8").splitlines():
+            for line in read_text_file(txt, "MME answer file").splitlines():  # a FIFO named *.txt never blocks
                 if "\t" in line.strip():
                     question, answer = line.strip().split("\t")[:2]
                     truth[(category_dir.name, txt.name, question)] = answer
