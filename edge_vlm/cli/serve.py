@@ -206,8 +206,8 @@ def run(args: argparse.Namespace) -> int:
             note(f"WARNING: listening on {host} without --api-key: anyone who can reach this port can use the model")
         note(f"{model_id} ({info['backend']}, {info['precision']}, {info['provider']}) on http://{shown}:{port} "
              "(Ctrl-C stops)")
-        config = uvicorn.Config(app, http="h11", lifespan="off", log_level="warning", access_log=args.access_log,
-                                timeout_graceful_shutdown=3)
+        config = uvicorn.Config(app, http="edge_vlm.serve.protocol:H11Protocol", lifespan="off", log_level="warning",
+                                access_log=args.access_log, timeout_graceful_shutdown=3)
         with _signals_end_quietly() as received:
             Server(config, worker).run(sockets=[sock])
     finally:

@@ -28,7 +28,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -79,8 +79,12 @@ def create_app(worker: ModelWorker, settings: Settings, live=None) -> Starlette:
         middleware.insert(0, Middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                                         allow_methods=["GET", "POST"], allow_headers=["Authorization",
                                                                                        "Content-Type"]))
-    return Starlette(routes=routes, middleware=middleware,
-                     exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _internal})
+    app = Starlette(routes=routes, middleware=middleware,
+                    exception_handlers={APIError: _api_error, HTTPException: _http_error,
+                                        ClientDisconnect: _client_gone, Exception: _internal})
+    # '/v1/chat/completions/' is no route: a 404 that names it, rather than a redirect built from the Host header
+    app.router.redirect_slashes = False
+    return app
 
 
 # ---- errors -----------------------------------------------------------------------------------------------------------
@@ -96,6 +100,10 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
     message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
     return error_response(APIError(exc.status_code, message.get(exc.status_code, str(exc.detail)),
                                    code={404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)))
+
+
+async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+    return Response(status_code=499)  # the client hung up while sending its request: nobody reads this
 
 
 async def _internal(request: Request, exc: Exception) -> Response:
@@ -184,7 +192,9 @@ class Handlers:
 
     # ---- chat ---------------------------------------------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
-        chat = parse_body(await self._body(request))
+        # the request's time starts now: a body that trickles in (or never ends) uses it up too
+        deadline = time.monotonic() + self.settings.request_timeout_s
+        chat = parse_body(await self._body(request, deadline))
         self._check_model(chat.model)
         blob = None
         if chat.image is not None:
@@ -206,7 +216,7 @@ class Handlers:
 
         timeout = self.settings.request_timeout_s
         job = Job(chat.question, chat.history, blob, chat.config, chat.stop, deliver,
-                  deadline=time.monotonic() + timeout, timeout_s=timeout, prompt_tokens=prompt_tokens,
+                  deadline=deadline, timeout_s=timeout, prompt_tokens=prompt_tokens,
                   max_new_tokens=max_new, stream=chat.stream)
         try:
             self.worker.submit(job)
@@ -221,7 +231,15 @@ class Handlers:
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return await self._collect(request, job, events, reply)
 
-    async def _body(self, request: Request) -> bytes:
+    async def _body(self, request: Request, deadline: float) -> bytes:
+        try:
+            return await asyncio.wait_for(self._read_body(request), max(deadline - time.monotonic(), 0.0))
+        except asyncio.TimeoutError:
+            raise APIError(408, "the request body did not arrive within the server's limit of "
+                                f"{self.settings.request_timeout_s:g} s (--request-timeout)",
+                           code="request_timeout") from None
+
+    async def _read_body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:

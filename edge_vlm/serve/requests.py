@@ -13,13 +13,29 @@ import json
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from edge_vlm.engine import GenerationConfig
+from edge_vlm.engine import MAX_SEED, GenerationConfig
+from edge_vlm.errors import EdgeVLMError
 from edge_vlm.prompting import EOS_TEXT, IMAGE_PLACEHOLDER, PHI2_SYSTEM
 from edge_vlm.serve.errors import APIError, bad_request
 
 DEFAULT_MAX_TOKENS = 128  # as `edge-vlm ask`
+# Below this, sampling is greedy decoding in effect (the scaled logits of any two distinct float32 logits are
+# hundreds of nats apart), but dividing by it overflows to inf and the softmax gives NaN: such a temperature is 0.
+GREEDY_BELOW = 1e-30
+
+
+def _valid_unicode(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # JSON can spell a lone surrogate (\ud800), which is no text at all
+        raise ValueError("not valid Unicode (a lone surrogate)") from None
+    return text
+
+
+# Every string the server reads: text, stop sequences, the model name, image URLs.
+Text = Annotated[str, AfterValidator(_valid_unicode)]
 
 
 class _Strict(BaseModel):
@@ -29,11 +45,11 @@ class _Strict(BaseModel):
 
 class TextPart(_Strict):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ImageURL(_Strict):
-    url: str
+    url: Text
     detail: Literal["auto", "low", "high"] | None = None
 
 
@@ -47,7 +63,7 @@ Part = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 class Message(_Strict):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[Part] | None = None
+    content: Text | list[Part] | None = None
 
 
 class StreamOptions(_Strict):
@@ -55,14 +71,14 @@ class StreamOptions(_Strict):
 
 
 class ChatRequest(_Strict):
-    model: str | None = None
+    model: Text | None = None
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    stop: Text | list[Text] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int | None = None
@@ -100,9 +116,20 @@ class Chat:
 def parse_body(body: bytes) -> Chat:
     """Bytes of the request body -> Chat, or an APIError (400) naming the first thing wrong."""
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        # UTF-8 only (RFC 8259; a leading BOM is ignored, as it allows): json.loads on bytes would also take UTF-16,
+        # UTF-32 and encoded lone surrogates
+        data = json.loads(body.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise bad_request(f"the request body is not valid JSON: it is not UTF-8 ({exc})", code="invalid_json") \
+            from None
+    except RecursionError:
+        raise bad_request("the request body is not valid JSON this server reads: it is nested too deeply",
+                          code="invalid_json") from None
+    except json.JSONDecodeError as exc:
         raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    except ValueError:  # Python's limit on integer literals
+        raise bad_request("the request body holds an integer of more than 4300 digits", code="invalid_json") \
+            from None
     if not isinstance(data, dict):
         raise bad_request("the request body must be a JSON object", code="invalid_json")
     if "messages" not in data:
@@ -130,8 +157,12 @@ def _validation_error(exc: ValidationError) -> APIError:
     depth = max(n for n, _, _ in found)
     deepest = [(param, error) for n, param, error in found if n == depth]
     param = deepest[0][0] or None
-    messages = list(dict.fromkeys(error["msg"] for p, error in deepest if p == deepest[0][0]))
-    kind = deepest[0][1]["type"]
+    here = [error for p, error in deepest if p == deepest[0][0]]
+    # a value of the right type that is wrong says more than the union's other types it is not ('stop: not valid
+    # Unicode' rather than '... or Input should be a valid list')
+    here = [error for error in here if "type" not in error["type"]] or here
+    messages = list(dict.fromkeys(error["msg"].removeprefix("Value error, ") for error in here))
+    kind = here[0]["type"]
     code = "missing_required_parameter" if kind == "missing" else "invalid_type" if "type" in kind else "invalid_value"
     return bad_request(f"{param or 'request'}: {' or '.join(messages)}", param, code)
 
@@ -149,9 +180,13 @@ def to_chat(request: ChatRequest) -> Chat:
         raise bad_request("only n=1 is supported (one answer per request)", "n", "unsupported_parameter")
     question, history, image = _conversation(request.messages)
     max_tokens = request.max_completion_tokens or request.max_tokens or DEFAULT_MAX_TOKENS
-    config = GenerationConfig(max_new_tokens=max_tokens,
-                              temperature=0.0 if request.temperature is None else request.temperature,
-                              top_p=1.0 if request.top_p is None else request.top_p, seed=request.seed)
+    temperature = request.temperature or 0.0
+    try:
+        config = GenerationConfig(max_new_tokens=max_tokens, temperature=0.0 if temperature < GREEDY_BELOW
+                                  else temperature, top_p=1.0 if request.top_p is None else request.top_p,
+                                  seed=request.seed)
+    except EdgeVLMError as exc:  # the fields above check the same ranges: a backstop, never a 500
+        raise bad_request(str(exc)) from None
     return Chat(question, history, image, config, _stops(request.stop), request.stream,
                 bool(request.stream_options and request.stream_options.include_usage), request.model)
 
@@ -213,11 +248,6 @@ def _content(message: Message, param: str) -> tuple[str, list[ImageRef]]:
         images = [ImageRef(part.image_url.url, f"{param}.content.{i}.image_url")
                   for i, part in enumerate(content) if isinstance(part, ImagePart)]
     text = "\n".join(texts)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # JSON can spell a lone surrogate (\ud800), which is no text at all
-        raise bad_request("message text is not valid Unicode (a lone surrogate)", f"{param}.content",
-                          "invalid_value") from None
     for marker in (IMAGE_PLACEHOLDER, EOS_TEXT):
         if marker in text:
             raise bad_request(f"message text may not contain the model's special token {marker}",

@@ -393,7 +393,10 @@ class TextShaper:
         hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
         if hits:
             return self._emit(text[: min(hits)].rstrip(), ""), True
-        hold = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        # the longest end of the text that begins a stop sequence (k <= len(text): a stop sequence of a million
+        # characters must not cost a million slices per token)
+        hold = max((k for s in self.stops for k in range(1, min(len(s), len(text) + 1)) if text.endswith(s[:k])),
+                   default=0)
         cut = min(len(text) - hold, len(text.rstrip()))
         return self._emit(text[:cut], text[cut:]), False
 
