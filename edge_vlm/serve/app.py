@@ -42,6 +42,9 @@ STATIC = Path(__file__).resolve().parent / "static"
 # routes that answer without the API key: the page itself (it holds no data) and the liveness probe
 OPEN_PATHS = ("/", "/health", "/favicon.ico")
 ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/live/events")
+# the answer to a request whose body was not read to its end: the rest of that body must not be taken for the next
+# request, and reading it would only keep the connection busy
+_CLOSE = {"Connection": "close"}
 INLINE_IMAGE_CHARS = 128 * 1024  # data URLs up to this size are decoded on the event loop (~1 ms at most)
 
 
@@ -237,7 +240,7 @@ class Handlers:
         except asyncio.TimeoutError:
             raise APIError(408, "the request body did not arrive within the server's limit of "
                                 f"{self.settings.request_timeout_s:g} s (--request-timeout)",
-                           code="request_timeout") from None
+                           code="request_timeout", headers=_CLOSE) from None
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes
@@ -394,7 +397,8 @@ def _event(body: dict) -> str:
 
 def _body_too_large(limit: int) -> APIError:
     return APIError(413, f"the request body is larger than this server's limit of {limit} bytes (one image of "
-                         "--max-image-bytes, base64-encoded, plus 1 MiB of text)", code="request_too_large")
+                         "--max-image-bytes, base64-encoded, plus 1 MiB of text)", code="request_too_large",
+                    headers=_CLOSE)
 
 
 async def _until_done(events: asyncio.Queue):
