@@ -42,8 +42,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 # routes that answer without the API key: the page itself (it holds no data) and the liveness probe
 OPEN_PATHS = ("/", "/health", "/favicon.ico")
 ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/live/events")
-# the answer to a request whose body was not read to its end: the rest of that body must not be taken for the next
-# request, and reading it would only keep the connection busy
+# the answer to a body that did not arrive in time: the connection is closed, not kept for the rest of that body (a
+# 413 keeps it: uvicorn reads the rest, and a client still sending would otherwise lose the answer to a reset)
 _CLOSE = {"Connection": "close"}
 INLINE_IMAGE_CHARS = 128 * 1024  # data URLs up to this size are decoded on the event loop (~1 ms at most)
 
@@ -397,8 +397,7 @@ def _event(body: dict) -> str:
 
 def _body_too_large(limit: int) -> APIError:
     return APIError(413, f"the request body is larger than this server's limit of {limit} bytes (one image of "
-                         "--max-image-bytes, base64-encoded, plus 1 MiB of text)", code="request_too_large",
-                    headers=_CLOSE)
+                         "--max-image-bytes, base64-encoded, plus 1 MiB of text)", code="request_too_large")
 
 
 async def _until_done(events: asyncio.Queue):
