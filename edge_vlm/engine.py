@@ -31,9 +31,12 @@ NON_FINITE_OUTPUT = ("the model's output holds NaN or infinity: its weights are 
                      "precision); a bundle can be checked with `edge-vlm info BUNDLE`")
 
 
+GREEDY_BELOW = 1e-30  # a temperature below this decodes greedily (see GenerationConfig.greedy)
+
+
 @dataclass
 class GenerationConfig:
-    """Decoding settings. temperature 0 means greedy."""
+    """Decoding settings. temperature 0 (or below GREEDY_BELOW) means greedy."""
 
     max_new_tokens: int = 128
     temperature: float = 0.0
@@ -54,7 +57,9 @@ class GenerationConfig:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        # Below GREEDY_BELOW sampling is greedy decoding in effect (any two distinct float32 logits, divided by it,
+        # are hundreds of nats apart), while the division itself overflows to inf and the softmax gives NaN.
+        return self.temperature < GREEDY_BELOW
 
 
 @dataclass

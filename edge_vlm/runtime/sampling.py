@@ -22,7 +22,8 @@ class Sampler:
         logits = np.asarray(logits, dtype=np.float64).reshape(-1)
         if self.config.greedy:
             return int(np.argmax(logits))
-        probs = top_p_probs(logits / self.config.temperature, self.config.top_p)
+        # shift before dividing: a tiny temperature (5e-324) would otherwise overflow to inf - inf = NaN
+        probs = top_p_probs((logits - logits.max()) / self.config.temperature, self.config.top_p)
         return int(self.rng.choice(probs.size, p=probs))
 
 

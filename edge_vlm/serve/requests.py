@@ -21,9 +21,6 @@ from edge_vlm.prompting import EOS_TEXT, IMAGE_PLACEHOLDER, PHI2_SYSTEM
 from edge_vlm.serve.errors import APIError, bad_request
 
 DEFAULT_MAX_TOKENS = 128  # as `edge-vlm ask`
-# Below this, sampling is greedy decoding in effect (the scaled logits of any two distinct float32 logits are
-# hundreds of nats apart), but dividing by it overflows to inf and the softmax gives NaN: such a temperature is 0.
-GREEDY_BELOW = 1e-30
 
 
 def _valid_unicode(text: str) -> str:
@@ -182,8 +179,8 @@ def to_chat(request: ChatRequest) -> Chat:
     max_tokens = request.max_completion_tokens or request.max_tokens or DEFAULT_MAX_TOKENS
     temperature = request.temperature or 0.0
     try:
-        config = GenerationConfig(max_new_tokens=max_tokens, temperature=0.0 if temperature < GREEDY_BELOW
-                                  else temperature, top_p=1.0 if request.top_p is None else request.top_p,
+        config = GenerationConfig(max_new_tokens=max_tokens, temperature=temperature,
+                                  top_p=1.0 if request.top_p is None else request.top_p,
                                   seed=request.seed)
     except EdgeVLMError as exc:  # the fields above check the same ranges: a backstop, never a 500
         raise bad_request(str(exc)) from None

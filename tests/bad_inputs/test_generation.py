@@ -208,3 +208,14 @@ def test_a_long_line_is_skipped_and_the_session_goes_on(refused, picture, induct
     # each refused line is named once, by its own number (two <image> lines used to read as one error printed twice)
     assert len(lines) == 2 and "line 1 of stdin is longer than 64 KiB" in lines[0], outcome
     assert "line 3 of stdin: the question contains <image>" in lines[1], outcome
+
+
+
+def test_a_vanishing_temperature_answers_as_greedy_decoding(refused, picture):
+    """`--temperature 5e-324` is a valid number whose limit is greedy decoding; dividing the logits by it overflowed
+    to NaN in the PyTorch engine's sampler (a traceback)."""
+    argv = ["ask", "--model", builtin_model_dir(), "--image", picture, "--max-new-tokens", "4", "What color is it?"]
+    greedy = refused.run(*argv)
+    tiny = refused.run(*argv, "--temperature", "5e-324", "--seed", "1")
+    assert greedy.code == 0 and tiny.code == 0, tiny.stderr
+    assert tiny.stdout == greedy.stdout and "Traceback" not in tiny.stderr

@@ -41,3 +41,11 @@ def test_greedy_is_argmax_and_sampling_follows_the_distribution():
     np.testing.assert_allclose(counts, [0.1, 0.6, 0.3], atol=0.03)
     draws = [Sampler(GenerationConfig(temperature=1.0, seed=5))(logits) for _ in range(3)]
     assert len(set(draws)) == 1  # same seed, same first draw
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-300, 1e-31])
+def test_a_vanishing_temperature_picks_the_largest_logit(temperature):
+    """Dividing logits by 5e-324 overflows to inf (inf - inf = NaN in the softmax); the limit of T -> 0 is argmax."""
+    logits = np.array([1.0, 3.5, -2.0, 3.25])
+    sampler = Sampler(GenerationConfig(temperature=temperature, seed=0))
+    assert [sampler(logits) for _ in range(5)] == [1] * 5

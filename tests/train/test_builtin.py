@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_vlm.model.presets import count_parameters
-from edge_vlm.model.presets import BUILTIN_PRESET
+from edge_vlm.model.presets import BUILTIN_PRESET, count_parameters
 
 ASSETS = Path(__file__).resolve().parents[2] / "edge_vlm" / "assets" / "builtin"
 
