@@ -38,6 +38,18 @@ def thread_count(text: str) -> int:
     return value
 
 
+def count(least: int, most: int):
+    """argparse type: a whole number from `least` to `most` (data synth's sample counts, data validate's token
+    lengths), refused while the command line is parsed."""
+    def parse(text: str) -> int:
+        value = _integer(text)
+        if not least <= value <= most:
+            raise argparse.ArgumentTypeError(f"{value}: give {least} to {most:,}")
+        return value
+
+    return parse
+
+
 def _finite(text: str) -> float:
     try:
         value = float(text)

@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from edge_vlm.cli.args import _integer, seed
+from edge_vlm.cli.args import count, seed
 from edge_vlm.data import MAX_SAMPLES
 
 # `data validate`'s length check: a context of 1 Mi tokens is far beyond any model this toolkit trains (Phi-2: 2048),
@@ -71,17 +71,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("--no-decode", action="store_true",
                        help="check that the picture files exist, without decoding them (faster)")
     parser.set_defaults(_parser=parser)
-
-
-def count(least: int, most: int):
-    """argparse type: a whole number from `least` to `most`, refused while the command line is parsed."""
-    def parse(text: str) -> int:
-        value = _integer(text)
-        if not least <= value <= most:
-            raise argparse.ArgumentTypeError(f"{value}: give {least} to {most:,}")
-        return value
-
-    return parse
 
 
 def shown(path: str) -> str:
