@@ -37,6 +37,8 @@ MAX_IMAGE_PIXELS = 150_000_000
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
+# The preprocessing modes, LLaVA's (and LLaVA-Phi's image_aspect_ratio): 'pad' squares the picture first
+# (expand2square, in the processor's mean colour), 'square' is CLIP's plain resize and centre crop.
 ASPECT_MODES = ("pad", "square")
 
 # PIL's own bomb check warns (above 89.5 MP) or raises (above 179 MP) inside Image.open, through the process-wide

@@ -21,7 +21,7 @@ import torch
 
 from edge_vlm.errors import EdgeVLMError
 from edge_vlm.fileio import atomic_dir, check_replaceable
-from edge_vlm.imaging import ImageConfig
+from edge_vlm.imaging import ASPECT_MODES, ImageConfig
 from edge_vlm.model.checkpoint import (
     CheckpointMeta,
     check_config_values,
@@ -65,8 +65,6 @@ def read_lp_config(directory: Path) -> dict:
 
 # How an LP config.json spells the keys of each section, for messages: Phi's keys sit at the top level.
 _LP_NAMES = {"text_config": "", "vision_config": "vision_config.vision_tower."}
-# LLaVA-Phi's preprocessing modes ('pad': expand2square first; 'square': CLIP's resize and centre crop only).
-LP_ASPECTS = ("pad", "square")
 
 
 _MISSING = object()
@@ -83,8 +81,8 @@ def lp_aspect(config: dict, path: Path) -> str:
     aspect = config.get("image_aspect_ratio")
     if aspect is None:
         return "square"
-    if aspect not in LP_ASPECTS:
-        _refuse(path, "image_aspect_ratio", aspect, f"accepted: {', '.join(map(repr, LP_ASPECTS))} (LLaVA-Phi's "
+    if aspect not in ASPECT_MODES:  # LLaVA-Phi's two modes are edge-vlm's
+        _refuse(path, "image_aspect_ratio", aspect, f"accepted: {', '.join(map(repr, ASPECT_MODES))} (LLaVA-Phi's "
                 "preprocessing modes; other values belong to other models)")
     return aspect
 
