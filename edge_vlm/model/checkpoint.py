@@ -437,7 +437,6 @@ def check_checkpoint(directory: str | Path, finite: bool = True) -> Path:
     (check_checkpoint_dir), every tensor config.json calls for there with its shape and nothing else (transformers'
     own loading report, on the meta device: no weight is read) and, with `finite`, every float weight finite (read
     one tensor at a time). `info` runs it, so a checkpoint that every loading verb refuses is not called fine."""
-    import torch
     from safetensors import SafetensorError, safe_open
 
     from edge_vlm.model.modeling import LlavaPhiForConditionalGeneration
@@ -453,11 +452,8 @@ def check_checkpoint(directory: str | Path, finite: bool = True) -> Path:
     for file in check_weight_files(path) if finite else []:
         try:
             with safe_open(str(file), "pt") as handle:
-                for name in handle.keys():
-                    tensor = handle.get_tensor(name)
-                    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                        raise EdgeVLMError(f"{file}: the weight {name} holds NaN or infinity; the checkpoint is "
-                                           "damaged")
+                for name in handle.keys():  # one tensor in memory at a time
+                    refuse_non_finite(file, {name: handle.get_tensor(name)})
         except (SafetensorError, OSError) as exc:
             raise EdgeVLMError(f"cannot read {file}: {_safetensors_reason(exc)}") from exc
     return path
