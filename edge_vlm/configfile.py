@@ -23,7 +23,7 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024
 # several times as much memory once parsed.
 MAX_TEXT_BYTES = 2 * 1024**3
 _LIMIT_NAMES = {MAX_CONFIG_BYTES: "a config file's limit", MAX_TEXT_BYTES: "a data file's limit"}
-_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO, a named pipe"),
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 _FLOAT_TAG = "tag:yaml.org,2002:float"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -78,8 +78,7 @@ def _read_regular_file(path: Path, what: str, limit: int) -> bytes:
     try:  # the checks look at what was opened, not at what the path named a moment before
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "a special file")
-            raise EdgeVLMError(f"{what} {path} is not a regular file but {kind}")
+            raise EdgeVLMError(f"{what} {path} is not a regular file but {file_kind(info.st_mode)}")
         if info.st_size > limit:
             raise EdgeVLMError(f"{what} {path} is {info.st_size:,} bytes, more than {_limit_name(limit)} of "
                                f"{limit:,}: is it the right file?")
@@ -92,6 +91,11 @@ def _read_regular_file(path: Path, what: str, limit: int) -> bytes:
     if len(raw) > limit:
         raise EdgeVLMError(f"{what} {path} grew past {_limit_name(limit)} of {limit:,} bytes while it was read")
     return raw
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular one is, for a message: 'a directory', 'a FIFO (named pipe)', ..."""
+    return next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
 
 
 def _read_at_most(handle, size: int, most: int) -> bytes:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from edge_vlm.configfile import file_kind
 from edge_vlm.errors import EdgeVLMError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -46,8 +47,6 @@ ASPECT_MODES = ("pad", "square")
 # keeps two of our threads from restoring each other's filters in the wrong order.
 _OPEN_LOCK = threading.Lock()
 
-_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"),
-               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
 # The largest input side a model may declare (CLIP-L takes 336; high-resolution towers reach ~1500).
@@ -155,8 +154,7 @@ def _require_regular_file(path: Path, mode: int) -> None:
         return
     if stat.S_ISDIR(mode):
         raise EdgeVLMError(f"expected an image file but got a directory: {path}")
-    kind = next((f"{name}, " for test, name in _FILE_KINDS if test(mode)), "")
-    raise EdgeVLMError(f"image {path} is {kind}not a regular file: give a picture file")
+    raise EdgeVLMError(f"image {path} is {file_kind(mode)}, not a regular file: give a picture file")
 
 
 def _decode(file, what: str) -> Image.Image:
